@@ -1,0 +1,10 @@
+"""Data commands: ``python -m omnifm_monai.data <command> --arg value`` (e.g. ``build_reference_sites``)."""
+
+import fire
+
+from omnifm_monai.data.reference_sites import build_reference_sites
+
+COMMANDS = {"build_reference_sites": build_reference_sites}
+
+if __name__ == "__main__":
+    fire.Fire(COMMANDS)

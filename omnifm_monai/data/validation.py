@@ -1,0 +1,224 @@
+"""Check a datalist and the files it lists before training starts.
+
+Bad data otherwise surfaces as an obscure error deep inside a data loader worker, epochs in, at one
+site of a federation. :func:`validate_datalist` reads every listed file (header and data) and raises
+:class:`DataValidationError` naming the file and the problem. From a bundle config, use
+:func:`check_datalist`, which returns the path it checked (``_target_`` needs no import; an
+expression needs ``"imports": ["$import omnifm_monai", "$import omnifm_monai.data.validation"]``),
+e.g. as the first entry of ``initialize``::
+
+    "$omnifm_monai.data.validation.check_datalist(@datalist, 'segmentation', expected_channels=1)"
+
+Validation only reads: it writes no file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from monai.config import PathLike
+
+__all__ = ["DataValidationError", "REQUIRED_KEYS", "check_datalist", "read_image", "validate_datalist"]
+
+SPLITS = ("training", "validation", "test")
+REQUIRED_KEYS = {
+    "segmentation": ("image", "label"),
+    "classification": ("image", "label"),
+    "super_resolution": ("image",),
+    "vqa": ("image", "question", "answer", "label"),
+}
+
+
+class DataValidationError(ValueError):
+    """A datalist, or a file it lists, cannot be used; the message names the file and the problem."""
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as f:  # DICOM Part 10 files carry "DICM" after a 128-byte preamble
+        return f.read(132)[128:] == b"DICM"
+
+
+def _read_file(path: Path) -> tuple[np.ndarray, int]:
+    """Read one file fully (header and data); return the data and its channel count."""
+    name = path.name.lower()
+    kind = "NIfTI" if name.endswith((".nii", ".nii.gz")) else "DICOM" if _is_dicom(path) else "image"
+    try:
+        if kind == "NIfTI":
+            img = nib.load(path)
+            data = np.asanyarray(img.dataobj)  # decompresses everything: catches truncated .nii.gz
+            spatial = min(data.ndim, 3)  # as MONAI's NibabelReader: dims past the third are channels
+            return data, int(np.prod(data.shape[spatial:], dtype=int))
+        if kind == "DICOM":
+            ds = pydicom.dcmread(path)
+            return ds.pixel_array, int(getattr(ds, "SamplesPerPixel", 1))
+        from monai.transforms import LoadImage  # other formats: the reader training will use
+
+        data = np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(str(path)))
+        return data, int(data.shape[0])
+    except Exception as e:
+        raise DataValidationError(
+            f"{path}: corrupt or truncated {kind} file, cannot read it ({type(e).__name__}: {e})"
+        ) from e
+
+
+def read_image(path: PathLike) -> tuple[np.ndarray, int]:
+    """Read a NIfTI / DICOM / other image file, or a DICOM series folder; return (data, channels)."""
+    path = Path(path)
+    if not path.is_dir():
+        return _read_file(path)
+    slices = [_read_file(p) for p in sorted(path.iterdir()) if p.is_file() and _is_dicom(p)]
+    if not slices:
+        raise DataValidationError(f"{path}: folder holds no DICOM files, expected a DICOM series.")
+    if len({s[0].shape for s in slices}) > 1:
+        raise DataValidationError(
+            f"{path}: DICOM series has slices of different shapes {sorted({s[0].shape for s in slices})}."
+        )
+    return np.stack([s[0] for s in slices], axis=-1), slices[0][1]
+
+
+def _resolve(base: Path, value: Any, where: str, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise DataValidationError(f"{where}: {key} must be a file path, got {value!r}.")
+    path = Path(value) if Path(value).is_absolute() else base / value
+    if not path.exists():
+        raise DataValidationError(f"{where}: {key} file not found: {path}")
+    return path
+
+
+def _check_index(item: dict, where: str, names: list | None, what: str) -> None:
+    label = item["label"]
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise DataValidationError(f"{where}: label {label!r} is not an integer {what} index.")
+    if label < 0 or (names is not None and label >= len(names)):
+        raise DataValidationError(f"{where}: label {label} out of range for {len(names or [])} {what}s.")
+    if (
+        what == "answer"
+        and names is not None
+        and "answer" in item
+        and str(names[label]) != str(item["answer"])
+    ):
+        raise DataValidationError(
+            f"{where}: label {label} is answer {names[label]!r} but answer is {item['answer']!r}."
+        )
+
+
+def _label_values(labels: Any) -> set[int] | None:
+    """Label values a datalist declares: ``{"0": "background", ...}`` or ``{"background": 0, ...}``."""
+    for values in (labels.keys(), labels.values()) if isinstance(labels, dict) else ():
+        try:
+            return {int(v) for v in values}
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _check_label_map(path: Path, where: str, allowed: set[int] | None) -> None:
+    data = read_image(path)[0]
+    if np.issubdtype(data.dtype, np.floating) and not (
+        np.isfinite(data).all() and (data == np.round(data)).all()
+    ):
+        raise DataValidationError(
+            f"{where}: label map {path} has non-integer values (labels must be integers)."
+        )
+    values = {int(v) for v in np.unique(data)}
+    if allowed is not None and not values <= allowed:
+        raise DataValidationError(
+            f"{where}: label map {path} has values {sorted(values - allowed)} not in the datalist's labels {sorted(allowed)}."
+        )
+
+
+def validate_datalist(
+    datalist_path: PathLike,
+    task: str,
+    base_dir: PathLike | None = None,
+    check_images: bool = True,
+    expected_channels: int | None = None,
+    max_items: int | None = None,
+) -> dict:
+    """Validate a datalist in the common form and the files it lists; raise :class:`DataValidationError`.
+
+    Args:
+        datalist_path: the datalist JSON (``training`` must be non-empty; ``validation``/``test`` optional).
+        task: ``segmentation``, ``classification``, ``super_resolution`` or ``vqa`` (sets the required keys).
+        base_dir: folder relative paths start from; default the datalist's folder.
+        check_images: read each file's header and data (corruption, NaN/Inf, channels, label values);
+            otherwise only check that the files exist.
+        expected_channels: channels every image must have (a list of files counts their sum).
+        max_items: read at most this many items per split (existence is checked for all).
+
+    Returns:
+        ``{"datalist": path, "task": task, "items": {split: n}, "files_read": n}``.
+    """
+    if task not in REQUIRED_KEYS:
+        raise ValueError(f"task must be one of {sorted(REQUIRED_KEYS)}, got {task!r}.")
+    path = Path(datalist_path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: datalist file not found.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            datalist = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataValidationError(f"{path}: unreadable JSON, not a valid datalist ({e}).") from e
+    if (
+        not isinstance(datalist, dict)
+        or not isinstance(datalist.get("training"), list)
+        or not datalist["training"]
+    ):
+        raise DataValidationError(f"{path}: the 'training' list is missing or empty.")
+    base = Path(base_dir) if base_dir is not None else path.parent
+    allowed = _label_values(datalist.get("labels"))
+    counts, n_read = {}, 0
+    for split in SPLITS:
+        items = datalist.get(split) or []
+        if not isinstance(items, list):
+            raise DataValidationError(
+                f"{path}: '{split}' must be a list of items, got {type(items).__name__}."
+            )
+        for i, item in enumerate(items):
+            where = f"{path}: {split}[{i}]"
+            missing = [k for k in REQUIRED_KEYS[task] if not isinstance(item, dict) or k not in item]
+            if missing:
+                raise DataValidationError(f"{where} is missing required key(s) {missing} for task {task!r}.")
+            images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+            image_paths = [_resolve(base, p, where, "image") for p in images]
+            label_path = _resolve(base, item["label"], where, "label") if task == "segmentation" else None
+            if task in ("classification", "vqa"):
+                names = datalist.get("classes" if task == "classification" else "answers")
+                _check_index(item, where, names, "class" if task == "classification" else "answer")
+            if not check_images or (max_items is not None and i >= max_items):
+                continue
+            channels = 0
+            for p in image_paths:
+                data, ch = read_image(p)
+                channels += ch
+                if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+                    raise DataValidationError(f"{where}: image {p} contains NaN or Inf values.")
+            if expected_channels is not None and channels != expected_channels:
+                raise DataValidationError(
+                    f"{where}: image {', '.join(map(str, image_paths))} has {channels} channels, expected {expected_channels}."
+                )
+            if label_path is not None:
+                _check_label_map(label_path, where, allowed)
+            n_read += len(image_paths) + (label_path is not None)
+        counts[split] = len(items)
+    return {"datalist": str(path), "task": task, "items": counts, "files_read": n_read}
+
+
+def check_datalist(
+    datalist_path: PathLike,
+    task: str,
+    base_dir: PathLike | None = None,
+    check_images: bool = True,
+    expected_channels: int | None = None,
+    max_items: int | None = None,
+) -> str:
+    """:func:`validate_datalist`, then return ``datalist_path``: a drop-in for a bundle config's datalist id."""
+    validate_datalist(datalist_path, task, base_dir, check_images, expected_channels, max_items)
+    return str(datalist_path)

@@ -1,0 +1,3 @@
+from .spa import OmniFMLoss, SpectralProximalAlignmentLoss
+
+__all__ = ["OmniFMLoss", "SpectralProximalAlignmentLoss"]

@@ -1,0 +1,3 @@
+from .accuracy import AccuracyMetric, GroupAccuracy
+
+__all__ = ["AccuracyMetric", "GroupAccuracy"]

@@ -1,0 +1,16 @@
+from .fusion import CrossAttentionFusion
+from .gate import ZeroGate
+from .knowledge_bank import SpectralKnowledgeBank, kmeans_centroids
+from .prompts import PRIVATE_PREFIX, PrefixSuffixPrompt, is_private
+from .tokenizer import SpectralTokenizer
+
+__all__ = [
+    "PRIVATE_PREFIX",
+    "CrossAttentionFusion",
+    "PrefixSuffixPrompt",
+    "SpectralKnowledgeBank",
+    "SpectralTokenizer",
+    "ZeroGate",
+    "is_private",
+    "kmeans_centroids",
+]

@@ -1,0 +1,105 @@
+"""Adapters expose a backbone's token sequence to OmniFM without modifying the backbone.
+
+An adapter is a stateless class with three static methods:
+``token_dim(backbone)``, ``encode(backbone, x, *args) -> (tokens (B, L, d), state)`` and
+``decode(backbone, tokens, state, suffix) -> output``, where ``suffix (B, d)`` (or ``None``) is the gated
+private-suffix output. ``decode(encode(x))`` must compute exactly ``backbone(x)`` when tokens are unchanged
+and ``suffix`` is ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.nets import BasicUNet, ResNet
+from torch import nn
+
+from .vqa import VQANet
+
+__all__ = ["ADAPTERS", "BasicUNetAdapter", "ResNetAdapter", "VQANetAdapter", "adapter_for"]
+
+
+def _to_tokens(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    return x.flatten(2).transpose(1, 2), tuple(x.shape[1:])  # (B, C, *s) -> (B, prod(s), C)
+
+
+def _from_tokens(tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], *shape)
+
+
+class ResNetAdapter:
+    """MONAI ``ResNet``: tokens are the positions of the last stage; the suffix joins the pooled feature."""
+
+    @staticmethod
+    def token_dim(backbone: ResNet) -> int:
+        return backbone.in_planes  # channels of the last stage, expansion included
+
+    @staticmethod
+    def encode(backbone: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        x = backbone.act(backbone.bn1(backbone.conv1(x)))
+        if not backbone.no_max_pool:
+            x = backbone.maxpool(x)
+        x = backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(x))))
+        return _to_tokens(x)
+
+    @staticmethod
+    def decode(backbone: ResNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None) -> torch.Tensor:
+        x = backbone.avgpool(_from_tokens(tokens, state)).flatten(1)
+        if suffix is not None:
+            x = x + suffix
+        return backbone.fc(x) if backbone.fc is not None else x
+
+
+class BasicUNetAdapter:
+    """MONAI ``BasicUNet``: tokens are the bottleneck positions; skips are unchanged."""
+
+    @staticmethod
+    def token_dim(backbone: BasicUNet) -> int:
+        return backbone.down_4.convs.conv_1.conv.out_channels
+
+    @staticmethod
+    def encode(backbone: BasicUNet, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        x0 = backbone.conv_0(x)
+        x1 = backbone.down_1(x0)
+        x2 = backbone.down_2(x1)
+        x3 = backbone.down_3(x2)
+        tokens, shape = _to_tokens(backbone.down_4(x3))
+        return tokens, (shape, (x0, x1, x2, x3))
+
+    @staticmethod
+    def decode(backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None) -> torch.Tensor:
+        shape, (x0, x1, x2, x3) = state
+        u = backbone.upcat_4(_from_tokens(tokens, shape), x3)
+        u = backbone.upcat_1(backbone.upcat_2(backbone.upcat_3(u, x2), x1), x0)
+        return backbone.final_conv(u)
+
+
+class VQANetAdapter:
+    """:class:`VQANet`: image tokens are fused; the suffix joins the question feature."""
+
+    @staticmethod
+    def token_dim(backbone: VQANet) -> int:
+        return backbone.image_proj.out_features
+
+    @staticmethod
+    def encode(backbone: VQANet, x: torch.Tensor, question: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return backbone.encode_image(x), question
+
+    @staticmethod
+    def decode(backbone: VQANet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None) -> torch.Tensor:
+        return backbone.answer(tokens, state, extra=suffix)
+
+
+ADAPTERS: dict[type, type] = {ResNet: ResNetAdapter, BasicUNet: BasicUNetAdapter, VQANet: VQANetAdapter}
+
+
+def adapter_for(backbone: nn.Module) -> type:
+    """The adapter registered for the backbone's class (or a parent class)."""
+    for cls, adapter in ADAPTERS.items():
+        if isinstance(backbone, cls):
+            return adapter
+    raise TypeError(
+        f"no OmniFM adapter for {type(backbone).__name__}; known: {[c.__name__ for c in ADAPTERS]}. "
+        "Pass `adapter` (an adapter class or its dotted path)."
+    )

@@ -1,0 +1,201 @@
+"""The OmniFM wrapper: any MONAI backbone with an adapter becomes an OmniFM network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import BasicUNet, ResNet
+from monai.utils import optional_import
+from torch import nn
+
+from omnifm_monai.networks.blocks import (
+    CrossAttentionFusion,
+    PrefixSuffixPrompt,
+    SpectralKnowledgeBank,
+    SpectralTokenizer,
+    ZeroGate,
+)
+
+from .adapters import adapter_for
+from .vqa import VQANet
+
+__all__ = ["OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA"]
+
+
+class OmniFM(nn.Module):
+    """Wrap a backbone with OmniFM's spectral prior: tokenizer, GSKR bank, ECAF, PSP and the SPA hook.
+
+    Forward pass (``x`` the image, ``r`` the backbone tokens exposed by the adapter)::
+
+        s = Tok(x)                                 # (B, m, d_s), unit norm
+        S_g = bank.retrieve(s)                     # (B, k, d_s), no gradient         [use_gskr]
+        context = [s || S_g]                       # the local token joins the retrieved prior
+        Z = ECAF(r, context)                       # (B, L, d)                        [use_ecaf]
+        delta_r, c = PSP([prefix(Z) || r || c_i])  # private suffix c_i               [use_prefix / use_suffix]
+        r' = r + tanh(alpha) * delta_r             # alpha = 0 at init: r' = r
+        out = decode(r', suffix=tanh(alpha) * c)
+
+    Without ECAF, ``Z`` is the context projected to ``d``; without PSP, ``delta_r = Z`` (broadcast over
+    positions when it is not per-position). With every part off, the tokenizer is not built and the
+    network computes exactly ``backbone(x)``; with the gate at its initial value it computes the same
+    function as the backbone. When ``use_spa``, ``spectral_alignment = (s, S_g)`` is kept after each
+    forward for :class:`~omnifm_monai.losses.OmniFMLoss`.
+
+    Args:
+        backbone: a MONAI network with a registered adapter (``ResNet``, ``BasicUNet``, ``VQANet``).
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        adapter: adapter class or its dotted path; by default looked up from the backbone's class.
+        spectral_dim: spectral token size ``d_s``.
+        beta: low-pass ratio of the spectral window.
+        tokenizer_grid: bins per axis of the resampled window.
+        tokenizer_patch: patch edge of the tokenizer.
+        bank_capacity: ``N_max`` prototypes.
+        top_k: prototypes retrieved per image.
+        modalities: modality tag names known to the bank.
+        num_heads: heads of ECAF and PSP.
+        prefix_tokens: prefix length.
+        prompt_layers: shared transformer layers of PSP.
+        use_gskr, use_ecaf, use_prefix, use_suffix, use_spa: switch each part on or off.
+        gate_init: initial ``alpha`` of the output gate (0: the backbone's function).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        spatial_dims: int,
+        in_channels: int,
+        adapter: type | str | None = None,
+        spectral_dim: int = 128,
+        beta: float = 0.1,
+        tokenizer_grid: int = 16,
+        tokenizer_patch: int = 4,
+        bank_capacity: int = 256,
+        top_k: int = 8,
+        modalities: Sequence[str] = (),
+        num_heads: int = 4,
+        prefix_tokens: int = 4,
+        prompt_layers: int = 1,
+        use_gskr: bool = True,
+        use_ecaf: bool = True,
+        use_prefix: bool = True,
+        use_suffix: bool = True,
+        use_spa: bool = True,
+        gate_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if isinstance(adapter, str):
+            module, name = adapter.rsplit(".", 1)
+            adapter, found = optional_import(module, name=name)
+            if not found:
+                raise ValueError(f"cannot import the adapter {adapter!r}.")
+        self.adapter = adapter or adapter_for(backbone)
+        dim = self.adapter.token_dim(backbone)
+        self.use_spa = use_spa
+        fuses = use_ecaf or use_prefix or use_suffix
+        self.tokenizer = (
+            SpectralTokenizer(spatial_dims, in_channels, spectral_dim, beta, tokenizer_grid, tokenizer_patch)
+            if (fuses or use_gskr or use_spa)
+            else None
+        )
+        self.bank = SpectralKnowledgeBank(spectral_dim, bank_capacity, top_k, modalities) if use_gskr else None
+        self.ecaf = CrossAttentionFusion(dim, spectral_dim, num_heads) if use_ecaf else None
+        self.context_proj = nn.Linear(spectral_dim, dim) if fuses and not use_ecaf else None
+        self.prompt = (
+            PrefixSuffixPrompt(dim, prefix_tokens, prompt_layers, num_heads, use_prefix=use_prefix, use_suffix=use_suffix)
+            if (use_prefix or use_suffix)
+            else None
+        )
+        self.gate = ZeroGate(gate_init) if fuses else None
+        self.spectral_alignment: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def spectral_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The spectral tokens ``s (B, m, d_s)`` of images ``x`` (what a site summarises for the bank)."""
+        if self.tokenizer is None:
+            raise RuntimeError("this OmniFM network has no spectral tokenizer (every part is off).")
+        return self.tokenizer(x)
+
+    def _fuse(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.spectral_alignment = None
+        if self.tokenizer is None:
+            return tokens, None
+        s = self.tokenizer(x)
+        retrieved = self.bank.retrieve(s)[0] if self.bank is not None else s[:, :0].detach()
+        if self.use_spa:
+            self.spectral_alignment = (s, retrieved)
+        if self.gate is None:
+            return tokens, None
+        context = torch.cat([s, retrieved], dim=1)
+        prior = self.ecaf(tokens, context) if self.ecaf is not None else self.context_proj(context)
+        if self.prompt is not None:
+            delta, suffix = self.prompt(tokens, prior)
+        else:  # ECAF alone: Z is already per position
+            delta, suffix = prior, None
+        if delta.shape[1] != tokens.shape[1]:  # projected context without ECAF and PSP: broadcast its mean
+            delta = delta.mean(1, keepdim=True).expand_as(tokens)
+        g = self.gate.value
+        return self.gate(tokens, delta), (g * suffix if suffix is not None else None)
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        tokens, state = self.adapter.encode(self.backbone, x, *args)
+        tokens, suffix = self._fuse(x, tokens)
+        return self.adapter.decode(self.backbone, tokens, state, suffix)
+
+
+class OmniFMResNet(OmniFM):
+    """OmniFM around a MONAI ``ResNet`` classifier (basic blocks); ``out_channels`` classes.
+
+    ``(B, in_channels, *S) -> (B, out_channels)``. Further keyword arguments go to :class:`OmniFM`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        layers: Sequence[int] = (1, 1, 1, 1),
+        **omnifm,
+    ) -> None:
+        backbone = ResNet(
+            "basic", list(layers), list(channels), spatial_dims=spatial_dims, n_input_channels=in_channels,
+            conv1_t_stride=2, num_classes=out_channels,
+        )
+        super().__init__(backbone, spatial_dims, in_channels, **omnifm)
+
+
+class OmniFMUNet(OmniFM):
+    """OmniFM around a MONAI ``BasicUNet`` (segmentation, super-resolution): fusion at the bottleneck.
+
+    ``(B, in_channels, *S) -> (B, out_channels, *S)``, ``S`` divisible by 16.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+        **omnifm,
+    ) -> None:
+        backbone = BasicUNet(spatial_dims, in_channels, out_channels, features=tuple(features))
+        super().__init__(backbone, spatial_dims, in_channels, **omnifm)
+
+
+class OmniFMVQA(OmniFM):
+    """OmniFM around :class:`VQANet`: ``(image (B, C, *S), question (B, T)) -> (B, num_answers)``."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        vocab_size: int,
+        num_answers: int,
+        embed_dim: int = 128,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        **omnifm,
+    ) -> None:
+        backbone = VQANet(spatial_dims, in_channels, vocab_size, num_answers, embed_dim, tuple(channels))
+        super().__init__(backbone, spatial_dims, in_channels, **omnifm)

@@ -1,0 +1,60 @@
+"""MONAI-style spectral transforms: array versions and dictionary versions (``d`` / ``D`` / ``Dict``)."""
+
+from .array import (
+    AmplitudeMix,
+    AmplitudeNormalize,
+    LowFrequencyLogAmplitude,
+    RandAmplitudeMix,
+    SuperResolutionDegrade,
+    amplitude_bank,
+)
+from .dictionary import (
+    AmplitudeMixD,
+    AmplitudeMixd,
+    AmplitudeMixDict,
+    AmplitudeNormalizeD,
+    AmplitudeNormalized,
+    AmplitudeNormalizeDict,
+    LowFrequencyLogAmplitudeD,
+    LowFrequencyLogAmplituded,
+    LowFrequencyLogAmplitudeDict,
+    RandAmplitudeMixD,
+    RandAmplitudeMixd,
+    RandAmplitudeMixDict,
+    SuperResolutionDegradeD,
+    SuperResolutionDegraded,
+    SuperResolutionDegradeDict,
+)
+from .planar import ResizePlanard, SliceItemsd
+from .text import PAD, UNKNOWN, TokenizeQuestiond, build_vocabulary, words
+
+__all__ = [
+    "AmplitudeMix",
+    "AmplitudeMixd",
+    "AmplitudeMixD",
+    "AmplitudeMixDict",
+    "AmplitudeNormalize",
+    "AmplitudeNormalized",
+    "AmplitudeNormalizeD",
+    "AmplitudeNormalizeDict",
+    "LowFrequencyLogAmplitude",
+    "LowFrequencyLogAmplituded",
+    "LowFrequencyLogAmplitudeD",
+    "LowFrequencyLogAmplitudeDict",
+    "RandAmplitudeMix",
+    "RandAmplitudeMixd",
+    "RandAmplitudeMixD",
+    "RandAmplitudeMixDict",
+    "SuperResolutionDegrade",
+    "SuperResolutionDegraded",
+    "SuperResolutionDegradeD",
+    "SuperResolutionDegradeDict",
+    "amplitude_bank",
+    "PAD",
+    "UNKNOWN",
+    "ResizePlanard",
+    "SliceItemsd",
+    "TokenizeQuestiond",
+    "build_vocabulary",
+    "words",
+]

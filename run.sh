@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# omnifm_monai entry point for a fresh machine:
+#   bash run.sh main   set up, build the reference sites from packaged real images, run the main OmniFM job
+#   bash run.sh test   set up, run the whole test suite
+# Set-up is idempotent: a virtual environment in .venv with the package installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${OMNIFM_VENV:-.venv}
+PY="$VENV/bin/python"
+
+setup() {
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    # torch first, pinned: an unpinned torch pulled in by MONAI would resolve to a multi-GB CUDA build
+    "$PY" -m pip install -q torch==2.13.0
+    "$PY" -m pip install -q -e ".[test]"
+}
+
+debian_data() {
+    # optional real volumes (Colin27 T1 atlas, head CT); the reference sites are built without them too
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        dpkg -s mricron-data invesalius-examples >/dev/null 2>&1 || {
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mricron-data invesalius-examples >/dev/null
+        } || echo "note: Debian data packages not installed; building the reference sites from pip sources only"
+    fi
+}
+
+case "${1:-}" in
+    main)
+        setup
+        debian_data
+        shift
+        "$PY" -m omnifm_monai.main "$@"
+        ;;
+    test)
+        setup
+        debian_data
+        shift
+        "$PY" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: bash run.sh main|test [extra arguments]" >&2
+        exit 2
+        ;;
+esac

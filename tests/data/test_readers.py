@@ -1,0 +1,271 @@
+"""Readers on tiny fixtures written in each dataset's exact on-disk format (generated here, never committed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import load_decathlon_datalist
+from monai.transforms import LoadImage
+
+from omnifm_monai.data.readers import (
+    SPLITS,
+    ConvertBraTSLabelsd,
+    read_brats,
+    read_breakhis,
+    read_medmnist,
+    read_slake,
+    read_vqa_rad,
+    split_by_group,
+)
+from omnifm_monai.data.validation import validate_datalist
+
+Image = pytest.importorskip("PIL.Image")
+RNG = np.random.default_rng(0)
+
+
+def _png(path: Path, shape: tuple[int, ...] = (12, 16, 3)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 255, shape, dtype=np.uint8)).save(path)
+
+
+def _nii(path: Path, data: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+
+
+def _load_all(summary: dict, segmentation: bool = False) -> dict[str, dict[str, list[dict]]]:
+    """Every datalist resolves with load_decathlon_datalist and every path loads with LoadImage."""
+    loader, out = LoadImage(image_only=True), {}
+    for site, info in summary["sites"].items():
+        folder = Path(info["datalist"]).parent
+        # load_decathlon_datalist fails on an empty "test" list (monai 1.6.1 reads item [0]): skip empty ones
+        out[site] = {
+            s: load_decathlon_datalist(info["datalist"], segmentation, s, folder) if info[s] else []
+            for s in SPLITS
+        }
+        for item in (i for s in SPLITS for i in out[site][s]):
+            assert loader(item["image"]).numel() > 0
+            assert item["provenance"]["image"] == "real"
+            if segmentation:
+                assert loader(item["label"]).numel() > 0
+    return out
+
+
+def test_split_by_group_deterministic_and_disjoint():
+    groups = [f"p{i}" for i in range(20)]
+    a, b = split_by_group(groups, 0.1, 0.2, seed=3), split_by_group(reversed(groups), 0.1, 0.2, seed=3)
+    assert a == b and sorted(a) == sorted(groups)
+    assert [list(a.values()).count(s) for s in SPLITS] == [14, 2, 4]
+    assert split_by_group(["only"], 0.1, 0.2) == {"only": "training"}  # training is never emptied
+    with pytest.raises(ValueError):
+        split_by_group(groups, 0.5, 0.5)
+
+
+def test_medmnist(tmp_path):
+    for name, size, n in (("organamnist", 28, (6, 3, 3)), ("organcmnist_64", 64, (5, 2, 4))):
+        arrays = {}
+        for part, k in zip(("train", "val", "test"), n, strict=True):
+            arrays[f"{part}_images"] = RNG.integers(0, 255, (k, size, size), dtype=np.uint8)
+            arrays[f"{part}_labels"] = (np.arange(k) % 3).reshape(-1, 1).astype(np.uint8)
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    names = {"organamnist": {"0": "bladder", "1": "femur-left", "2": "femur-right"}}
+    summary = read_medmnist(tmp_path, tmp_path / "out", class_names=names)
+    assert summary["sites"]["organamnist"] | {"datalist": 0} == {
+        "datalist": 0,
+        "training": 6,
+        "validation": 3,
+        "test": 3,
+    }
+    assert [summary["sites"]["organcmnist"][s] for s in SPLITS] == [5, 2, 4]
+    dl = json.loads(Path(summary["sites"]["organamnist"]["datalist"]).read_text())
+    assert dl["classes"] == ["bladder", "femur-left", "femur-right"] and dl["modality"] == "CT (axial)"
+    assert json.loads(Path(summary["sites"]["organcmnist"]["datalist"]).read_text())["classes"] == [
+        "class_0", "class_1", "class_2"
+    ]  # fmt: skip
+    loaded = _load_all(summary)
+    assert [i["label"] for i in loaded["organamnist"]["training"]] == [0, 1, 2, 0, 1, 2]
+    first = LoadImage(image_only=True)(loaded["organcmnist"]["test"][0]["image"])
+    assert first.shape == (64, 64)
+    npz = np.load(tmp_path / "organcmnist_64.npz")
+    np.testing.assert_array_equal(first.numpy().T, npz["test_images"][0])  # PIL reader returns (W, H)
+    validate_datalist(summary["sites"]["organamnist"]["datalist"], "classification", expected_channels=1)
+    # seeded subsampling
+    sub = read_medmnist(tmp_path / "organamnist.npz", tmp_path / "sub", max_per_split=2, seed=1)
+    assert [sub["sites"]["organamnist"][s] for s in SPLITS] == [2, 2, 2]
+
+
+def test_medmnist_rgb_volume_and_multilabel(tmp_path):
+    def write(name, images, labels):
+        np.savez(
+            tmp_path / name,
+            **{
+                f"{p}_{k}": v
+                for p in ("train", "val", "test")
+                for k, v in (("images", images), ("labels", labels))
+            },
+        )
+
+    write("bloodmnist.npz", RNG.integers(0, 255, (2, 8, 8, 3), dtype=np.uint8), np.array([[0], [1]]))
+    write("nodulemnist3d.npz", RNG.integers(0, 255, (2, 6, 6, 6), dtype=np.uint8), np.array([[0], [1]]))
+    summary = read_medmnist([tmp_path / "bloodmnist.npz", tmp_path / "nodulemnist3d.npz"], tmp_path / "out")
+    loaded = _load_all(summary)
+    assert (
+        LoadImage(image_only=True, ensure_channel_first=True)(
+            loaded["bloodmnist"]["training"][0]["image"]
+        ).shape[0]
+        == 3
+    )
+    assert loaded["nodulemnist3d"]["training"][0]["image"].endswith(".nii.gz")
+    write("chestmnist.npz", RNG.integers(0, 255, (2, 8, 8), dtype=np.uint8), np.zeros((2, 14)))
+    with pytest.raises(ValueError, match="multi-label"):
+        read_medmnist(tmp_path / "chestmnist.npz", tmp_path / "out")
+
+
+def _brats(root: Path) -> Path:
+    cases = [f"FeTS2022_{i:05d}" for i in range(4)]
+    for case in cases:
+        for seq in ("t1", "t1ce", "t2", "flair"):
+            _nii(root / case / f"{case}_{seq}.nii.gz", RNG.random((8, 8, 6)).astype(np.float32))
+        seg = np.zeros((8, 8, 6), np.uint8)
+        seg[2:4, 2:4, 2:4], seg[4:6, 4:6, 2:4], seg[5, 5, 3] = 2, 1, 4
+        _nii(root / case / f"{case}_seg.nii.gz", seg)
+    with open(root / "partitioning_1.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["Partition_ID", "Subject_ID"], *[[1 + i // 2, c] for i, c in enumerate(cases)]]
+        )
+    return root / "partitioning_1.csv"
+
+
+def test_brats(tmp_path):
+    csv_file = _brats(tmp_path / "FeTS")
+    summary = read_brats(tmp_path / "FeTS", tmp_path / "out", csv_file, modality="t1ce", seed=0)
+    assert sorted(summary["sites"]) == ["partition_1", "partition_2"]
+    for info in summary["sites"].values():  # 2 cases: one trains, one tests (a fraction > 0 gets one)
+        assert [info[s] for s in SPLITS] == [1, 0, 1]
+        validate_datalist(info["datalist"], "segmentation", expected_channels=1)
+    loaded = _load_all(summary, segmentation=True)
+    item = loaded["partition_1"]["training"][0]
+    assert item["image"].endswith("_t1ce.nii.gz") and item["label"].endswith("_seg.nii.gz")
+    cases = {Path(i["image"]).parent.name for s in SPLITS for i in loaded["partition_1"][s]}
+    assert cases == {"FeTS2022_00000", "FeTS2022_00001"}
+    dl = json.loads(Path(summary["sites"]["partition_1"]["datalist"]).read_text())
+    assert dl["task"] == "segmentation" and set(dl["labels"]) == {"0", "1", "2", "4"}
+    # cross-modality: one sequence per site, by site name or partition id
+    cross = read_brats(
+        tmp_path / "FeTS", tmp_path / "cross", csv_file, modality={"partition_1": "t1", "2": "flair"}
+    )
+    seqs = {s: json.loads(Path(i["datalist"]).read_text())["modality"] for s, i in cross["sites"].items()}
+    assert seqs == {"partition_1": "MRI t1", "partition_2": "MRI flair"}
+    # all four sequences as channels; labels mapped {0,1,2,4} -> {0,1,2,3}
+    multi = read_brats(tmp_path / "FeTS", tmp_path / "all", modality="all")
+    item = _load_all(multi, segmentation=True)["brats"]["training"][0]
+    data = LoadImage(image_only=True, ensure_channel_first=True)
+    assert data(item["image"]).shape == (4, 8, 8, 6)
+    seg = ConvertBraTSLabelsd("label")({"label": data(item["label"])})["label"]
+    assert set(torch.unique(seg).tolist()) == {0, 1, 2, 3}
+    whole = ConvertBraTSLabelsd("label", whole_tumour=True)({"label": np.array([0, 1, 2, 4])})["label"]
+    np.testing.assert_array_equal(whole, [0, 1, 1, 1])
+
+
+def test_breakhis(tmp_path):
+    root = tmp_path / "BreaKHis_v1" / "histology_slides" / "breast"
+    patients = {  # 2 patients per class; patient 14-21998 has two slide folders that must stay together
+        "benign": [("adenosis", "SOB_B_A_14-22549AB"), ("fibroadenoma", "SOB_B_F_14-21998CD"), ("fibroadenoma", "SOB_B_F_14-21998EF")],
+        "malignant": [("ductal_carcinoma", "SOB_M_DC_14-2523"), ("lobular_carcinoma", "SOB_M_LC_14-12204")],
+    }  # fmt: skip
+    for cls, folders in patients.items():
+        for tumour, folder in folders:
+            for mag in ("40X", "100X"):
+                for k in range(2):
+                    _png(root / cls / "SOB" / tumour / folder / mag / f"{folder}-{mag[:-1]}-{k:03d}.png")
+    summary = read_breakhis(tmp_path / "BreaKHis_v1", tmp_path / "out", seed=0)
+    assert sorted(summary["sites"]) == ["breakhis_100x", "breakhis_40x"]
+    loaded = _load_all(summary)
+    for site, splits in loaded.items():
+        patient = {s: {i["image"].split("/")[-3].split("_")[-1][:8] for i in splits[s]} for s in SPLITS}
+        assert not (patient["training"] & patient["test"]) and not patient["validation"]
+        labels = {s: sorted({i["label"] for i in splits[s]}) for s in SPLITS}
+        assert labels["training"] == labels["test"] == [0, 1]  # stratified by class
+        assert sum(summary["sites"][site][s] for s in SPLITS) == 10
+        validate_datalist(summary["sites"][site]["datalist"], "classification", expected_channels=3)
+    assert {i["image"].split("/")[-3] for i in loaded["breakhis_40x"]["training"]} in (
+        {"SOB_B_A_14-22549AB", "SOB_M_DC_14-2523"}, {"SOB_B_A_14-22549AB", "SOB_M_LC_14-12204"},
+        {"SOB_B_F_14-21998CD", "SOB_B_F_14-21998EF", "SOB_M_DC_14-2523"},
+        {"SOB_B_F_14-21998CD", "SOB_B_F_14-21998EF", "SOB_M_LC_14-12204"},
+    )  # fmt: skip
+    sr = read_breakhis(
+        tmp_path / "BreaKHis_v1", tmp_path / "sr", task="super_resolution", magnifications=["40X"]
+    )
+    dl = json.loads(Path(sr["sites"]["breakhis_40x"]["datalist"]).read_text())
+    assert dl["task"] == "super_resolution" and "classes" not in dl
+    assert all("label" not in i and i["provenance"]["label"] is None for i in dl["training"])
+    validate_datalist(sr["sites"]["breakhis_40x"]["datalist"], "super_resolution")
+
+
+def test_vqa_rad_and_slake_share_answers(tmp_path):
+    for k in range(4):
+        _png(tmp_path / "VQA_RAD Image Folder" / f"synpic{k}.jpg", (10, 10))
+    rad = [
+        {"qid": 1, "image_name": "synpic0.jpg", "question": "Is there a fracture?", "answer": "Yes", "answer_type": "CLOSED"},
+        {"qid": 2, "image_name": "synpic0.jpg", "question": "How many lesions?", "answer": 2, "answer_type": "OPEN "},
+        {"qid": 3, "image_name": "synpic1.jpg", "question": "Is this normal?", "answer": "no ", "answer_type": "closed"},
+        {"qid": 4, "image_name": "synpic2.jpg", "question": "Is the heart enlarged?", "answer": "yes", "answer_type": "CLOSED"},
+        {"qid": 5, "image_name": "synpic3.jpg", "question": "What organ?", "answer": "Liver", "answer_type": "OPEN"},
+    ]  # fmt: skip
+    (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(rad))
+    summary = read_vqa_rad(
+        tmp_path / "VQA_RAD Dataset Public.json", tmp_path / "VQA_RAD Image Folder", tmp_path / "out"
+    )
+    assert summary["answers"] == ["2", "liver", "no", "yes"]
+    loaded = _load_all(summary)["vqa_rad"]
+    assert sum(len(loaded[s]) for s in SPLITS) == 5
+    images = {s: {Path(i["image"]).name for i in loaded[s]} for s in SPLITS}
+    assert not (images["training"] & images["test"]) and not (images["training"] & images["validation"])
+    for item in (i for s in SPLITS for i in loaded[s]):
+        assert summary["answers"][item["label"]] == item["answer"] and item["answer_type"] in (
+            "closed",
+            "open",
+        )
+    validate_datalist(summary["sites"]["vqa_rad"]["datalist"], "vqa")
+    # the published test set, when phrase_type marks it
+    for r in rad:
+        r["phrase_type"] = "test_freeform" if r["qid"] == 5 else "freeform"
+    (tmp_path / "rad.json").write_text(json.dumps(rad))
+    official = read_vqa_rad(tmp_path / "rad.json", tmp_path / "VQA_RAD Image Folder", tmp_path / "official")
+    assert official["sites"]["vqa_rad"]["test"] == 1
+
+    slake = [
+        {"qid": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT", "content_type": "Organ"},
+        {"qid": 2, "img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肝脏", "q_lang": "zh", "answer_type": "OPEN", "modality": "CT"},
+        {"qid": 3, "img_name": "xmlab2/source.jpg", "question": "Is it abnormal?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
+        {"qid": 4, "img_name": "xmlab3/source.jpg", "question": "Is it a T2?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "modality": "MRI"},
+        {"qid": 5, "img_name": "xmlab4/source.jpg", "question": "Where is the lesion?", "answer": "Left Lung", "q_lang": "en", "answer_type": "OPEN", "modality": "X-Ray"},
+    ]  # fmt: skip
+    for k in range(1, 5):
+        _png(tmp_path / "Slake1.0" / "imgs" / f"xmlab{k}" / "source.jpg", (10, 10, 3))
+    (tmp_path / "Slake1.0" / "all.json").write_text(json.dumps(slake, ensure_ascii=False))
+    out = read_slake(
+        tmp_path / "Slake1.0" / "all.json",
+        tmp_path / "Slake1.0" / "imgs",
+        tmp_path / "slake",
+        answers=summary["answers"],
+    )
+    assert sorted(out["sites"]) == ["slake_ct", "slake_mri", "slake_x_ray"]
+    assert out["answers"] == ["2", "left lung", "liver", "no", "yes"]  # union with VQA-RAD's, no Chinese
+    assert [sum(out["sites"][s][k] for k in SPLITS) for s in sorted(out["sites"])] == [2, 1, 1]
+    for site, splits in _load_all(out).items():
+        assert all(i["question_type"] in ("Organ", "unknown") for s in SPLITS for i in splits[s])
+        validate_datalist(out["sites"][site]["datalist"], "vqa", expected_channels=3)
+    # the release folder with its official splits, one site
+    for name, rows in (("train.json", slake[:3]), ("validate.json", slake[3:4]), ("test.json", slake[4:])):
+        (tmp_path / "Slake1.0" / name).write_text(json.dumps(rows, ensure_ascii=False))
+    one = read_slake(
+        tmp_path / "Slake1.0", tmp_path / "Slake1.0" / "imgs", tmp_path / "one", site_by_modality=False
+    )
+    assert [one["sites"]["slake"][s] for s in SPLITS] == [2, 1, 1]

@@ -1,0 +1,117 @@
+import pytest
+import torch
+from monai.networks.nets import BasicUNet, ResNet
+
+from omnifm_monai.networks import OmniFM, OmniFMResNet, OmniFMUNet, OmniFMVQA, VQANet, is_private
+from omnifm_monai.networks.blocks import kmeans_centroids
+
+ALL_OFF = dict(use_gskr=False, use_ecaf=False, use_prefix=False, use_suffix=False, use_spa=False)
+SMALL = dict(spectral_dim=32, tokenizer_grid=8, bank_capacity=16, top_k=3)
+
+
+def _cases(spatial_dims):
+    size = (64, 64) if spatial_dims == 2 else (32, 32, 32)  # 2D ResNet: 2x2 tokens, so attention is not trivial
+    q = torch.randint(1, 20, (2, 7))
+    return [
+        ("resnet", lambda **kw: OmniFMResNet(spatial_dims, 2, 5, channels=(8, 16, 32, 64), **SMALL, **kw), (torch.rand(2, 2, *size),), (2, 5)),
+        ("unet", lambda **kw: OmniFMUNet(spatial_dims, 2, 3, features=(8, 8, 16, 32, 64, 8), **SMALL, **kw), (torch.rand(2, 2, *size),), (2, 3, *size)),
+        ("vqa", lambda **kw: OmniFMVQA(spatial_dims, 2, 20, 6, embed_dim=32, channels=(8, 16, 32, 64), **SMALL, **kw), (torch.rand(2, 2, *size), q), (2, 6)),
+    ]
+
+
+def _fill_bank(net, x):
+    net.bank.merge([{"keys": kmeans_centroids(net.spectral_tokens(x + i).squeeze(1), 2), "site": i, "modality": 0} for i in range(3)])
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("case", range(3))
+def test_shapes(spatial_dims, case):
+    _, build, inputs, out_shape = _cases(spatial_dims)[case]
+    net = build()
+    assert net(*inputs).shape == out_shape
+    _fill_bank(net, inputs[0])
+    assert net(*inputs).shape == out_shape
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_every_part_off_is_exactly_the_backbone(case):
+    _, build, inputs, _ = _cases(2)[case]
+    net = build(**ALL_OFF).eval()
+    assert net.tokenizer is None and net.bank is None and net.gate is None
+    backbone_params = {id(p) for p in net.backbone.parameters()}
+    assert all(id(p) in backbone_params for p in net.parameters())
+    assert torch.equal(net(*inputs), net.backbone(*inputs))
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_gate_at_init_computes_the_backbone_function(case):
+    _, build, inputs, _ = _cases(2)[case]
+    torch.manual_seed(0)
+    net = build().eval()
+    _fill_bank(net, inputs[0])
+    assert torch.equal(net(*inputs), net.backbone(*inputs))
+    net.gate.alpha.data.fill_(0.3)  # once the gate opens, the prior changes the output
+    assert not torch.allclose(net(*inputs), net.backbone(*inputs))
+
+
+def test_plain_backbone_checkpoint_loads_into_the_wrapper():
+    backbone = BasicUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8))
+    net = OmniFM(BasicUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8)), 2, 1, **SMALL)
+    net.backbone.load_state_dict(backbone.state_dict())
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.equal(net.eval()(x), backbone.eval()(x))
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_gradients_reach_every_trainable_part(case):
+    _, build, inputs, _ = _cases(2)[case]
+    torch.manual_seed(0)
+    net = build(gate_init=0.5).train()
+    _fill_bank(net, inputs[0])
+    out = net(*inputs)
+    s, retrieved = net.spectral_alignment
+    assert retrieved.shape[1] == 3
+    loss = out.float().pow(2).mean() + (s.mean(1) - retrieved.mean(1)).pow(2).sum()
+    loss.backward()
+    # MONAI's TransformerBlock always builds `norm_cross_attn`, used only with cross-attention (off here)
+    missing = [
+        n for n, p in net.named_parameters()
+        if "norm_cross_attn" not in n and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [dict(use_gskr=False), dict(use_ecaf=False), dict(use_prefix=False), dict(use_suffix=False),
+     dict(use_prefix=False, use_suffix=False), dict(use_ecaf=False, use_prefix=False, use_suffix=False)],
+)
+def test_ablations_build_and_run(flags):
+    net = OmniFMUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8), gate_init=0.5, **SMALL, **flags)
+    x = torch.rand(2, 1, 32, 32)
+    assert net(x).shape == (2, 2, 32, 32)
+    assert (net.bank is None) == (not flags.get("use_gskr", True))
+    assert any(is_private(n) for n, _ in net.named_parameters()) == flags.get("use_suffix", True)
+    fuses = any(flags.get(k, True) for k in ("use_ecaf", "use_prefix", "use_suffix"))
+    # GSKR and SPA alone shape the spectral tokens but leave the forward path untouched
+    assert torch.allclose(net(x), net.backbone(x)) != fuses
+
+
+def test_private_suffix_is_the_only_private_parameter():
+    net = OmniFMResNet(2, 1, 3, channels=(8, 16, 32, 64), **SMALL)
+    assert [n for n, _ in net.named_parameters() if is_private(n)] == ["prompt.private_suffix"]
+
+
+def test_unknown_backbone_needs_an_adapter():
+    with pytest.raises(TypeError, match="adapter"):
+        OmniFM(torch.nn.Conv2d(1, 1, 3), 2, 1)
+    net = OmniFM(ResNet("basic", [1, 1, 1, 1], [8, 16, 32, 64], spatial_dims=2, n_input_channels=1, num_classes=2),
+                 2, 1, adapter="omnifm_monai.networks.nets.adapters.ResNetAdapter", **SMALL)
+    assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+
+
+def test_vqa_padding_does_not_change_the_answer():
+    net = VQANet(2, 1, 20, 4, embed_dim=32, channels=(8, 16, 32, 64)).eval()
+    x, q = torch.rand(1, 1, 32, 32), torch.tensor([[3, 5, 7]])
+    padded = torch.tensor([[3, 5, 7, 0, 0, 0]])
+    assert torch.allclose(net(x, q), net(x, padded), atol=1e-6)
