@@ -29,7 +29,16 @@ case "${1:-}" in
         setup
         debian_data
         shift
-        "$PY" -m omnifm_monai.main "$@"
+        SITES=outputs/reference_sites
+        [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES"
+        # OmniFM segmentation on the real ICBM152 T1 site: train, then evaluate on the held-out test slabs
+        B=bundles/omnifm_segmentation
+        "$PY" -m monai.bundle run --config_file "$B/configs/train.json" --meta_file "$B/configs/metadata.json" \
+            --logging_file "$B/configs/logging.conf" --bundle_root "$B" --dataset_dir "$SITES/icbm_t1" "$@"
+        "$PY" -m monai.bundle run --config_file "['$B/configs/train.json','$B/configs/evaluate.json']" \
+            --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf" --bundle_root "$B" \
+            --dataset_dir "$SITES/icbm_t1" "$@"
+        echo "test-set metrics: $B/eval/metrics.csv"; cat "$B/eval/metrics.csv"
         ;;
     test)
         setup

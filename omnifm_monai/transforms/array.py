@@ -157,6 +157,7 @@ class RandAmplitudeMix(RandomizableTransform):
     Args:
         bank: amplitude spectra ``(N, C or 1, *spatial)`` (a sequence of ``(C, *spatial)`` spectra is stacked),
             e.g. :func:`amplitude_bank` of other sites' images; replace it between rounds with :meth:`set_bank`.
+            ``None`` or empty: nothing to mix with yet (a federated first round), the transform is the identity.
         beta: low-pass window size factor, in (0, 0.5].
         ratio_range: the ratio is drawn uniformly from ``[low, high]``, with ``0 <= low <= high <= 1``.
         prob: probability of mixing. Defaults to 1 (FedDG mixes every training image).
@@ -166,7 +167,7 @@ class RandAmplitudeMix(RandomizableTransform):
 
     def __init__(
         self,
-        bank: NdarrayOrTensor | Sequence[NdarrayOrTensor],
+        bank: NdarrayOrTensor | Sequence[NdarrayOrTensor] | None,
         beta: float = 0.01,
         ratio_range: tuple[float, float] = (0.0, 1.0),
         prob: float = 1.0,
@@ -180,8 +181,11 @@ class RandAmplitudeMix(RandomizableTransform):
         self.set_bank(bank)
         self._index, self._ratio = 0, 0.0
 
-    def set_bank(self, bank: NdarrayOrTensor | Sequence[NdarrayOrTensor]) -> None:
-        """Replace the bank of amplitude spectra ``(N, C or 1, *spatial)``."""
+    def set_bank(self, bank: NdarrayOrTensor | Sequence[NdarrayOrTensor] | None) -> None:
+        """Replace the bank of amplitude spectra ``(N, C or 1, *spatial)``; ``None`` / empty disables mixing."""
+        if bank is None or len(bank) == 0:
+            self.bank = None
+            return
         if isinstance(bank, (np.ndarray, torch.Tensor)):
             b = convert_to_tensor(bank, track_meta=False)
         else:
@@ -198,6 +202,7 @@ class RandAmplitudeMix(RandomizableTransform):
 
     def randomize(self, data: NdarrayOrTensor | None = None) -> None:
         super().randomize(None)
+        self._do_transform = self._do_transform and self.bank is not None
         if self._do_transform:
             self._index = int(self.R.randint(len(self.bank)))
             self._ratio = float(self.R.uniform(*self.ratio_range))

@@ -104,7 +104,7 @@ class RandAmplitudeMixd(RandomizableTransform, MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        bank: NdarrayOrTensor | Sequence[NdarrayOrTensor],
+        bank: NdarrayOrTensor | Sequence[NdarrayOrTensor] | None,
         beta: float = 0.01,
         ratio_range: tuple[float, float] = (0.0, 1.0),
         prob: float = 1.0,
@@ -113,6 +113,10 @@ class RandAmplitudeMixd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         self.mixer = RandAmplitudeMix(bank, beta=beta, ratio_range=ratio_range, prob=1.0)
+
+    def set_bank(self, bank: NdarrayOrTensor | Sequence[NdarrayOrTensor] | None) -> None:
+        """Replace the bank (``None`` / empty: no mixing), e.g. with the spectra the server sent this round."""
+        self.mixer.set_bank(bank)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None

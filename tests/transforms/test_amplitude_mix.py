@@ -84,7 +84,7 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="ratio_range"):
         RandAmplitudeMix(np.ones((1, 1, 8, 8)), ratio_range=(0.8, 0.2))
     with pytest.raises(ValueError, match="bank"):
-        RandAmplitudeMix([])
+        RandAmplitudeMix(np.ones((4, 4)))  # not a stack of spectra
 
 
 def test_amplitude_bank():
@@ -142,3 +142,15 @@ def test_dict_versions():
     np.testing.assert_array_equal(d1["image"], d2["image"])
     d0 = RandAmplitudeMixd("image", bank, beta=0.1, prob=0.0)({"image": x})
     assert d0["image"] is x
+
+
+def test_empty_bank_is_identity_until_set():
+    from omnifm_monai.transforms import RandAmplitudeMixd
+
+    img = torch.rand(1, 16, 16)
+    t = RandAmplitudeMixd("image", None, beta=0.1)
+    assert torch.equal(t({"image": img})["image"], img)
+    t.set_bank(torch.rand(2, 1, 16, 16) * 50)
+    assert not torch.allclose(t({"image": img})["image"], img)
+    t.set_bank([])
+    assert torch.equal(t({"image": img})["image"], img)

@@ -1,6 +1,7 @@
 """Adapters expose a backbone's token sequence to OmniFM without modifying the backbone.
 
-An adapter is a stateless class with three static methods:
+An adapter is a stateless class with a ``head`` attribute (names of the backbone's task-head modules) and
+three static methods:
 ``token_dim(backbone)``, ``encode(backbone, x, *args) -> (tokens (B, L, d), state)`` and
 ``decode(backbone, tokens, state, suffix) -> output``, where ``suffix (B, d)`` (or ``None``) is the gated
 private-suffix output. ``decode(encode(x))`` must compute exactly ``backbone(x)`` when tokens are unchanged
@@ -31,6 +32,8 @@ def _from_tokens(tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 class ResNetAdapter:
     """MONAI ``ResNet``: tokens are the positions of the last stage; the suffix joins the pooled feature."""
 
+    head = ("fc",)  # the task head (kept private by FedPer / FedRep)
+
     @staticmethod
     def token_dim(backbone: ResNet) -> int:
         return backbone.in_planes  # channels of the last stage, expansion included
@@ -53,6 +56,8 @@ class ResNetAdapter:
 
 class BasicUNetAdapter:
     """MONAI ``BasicUNet``: tokens are the bottleneck positions; skips are unchanged."""
+
+    head = ("final_conv",)
 
     @staticmethod
     def token_dim(backbone: BasicUNet) -> int:
@@ -77,6 +82,8 @@ class BasicUNetAdapter:
 
 class VQANetAdapter:
     """:class:`VQANet`: image tokens are fused; the suffix joins the question feature."""
+
+    head = ("classifier",)
 
     @staticmethod
     def token_dim(backbone: VQANet) -> int:

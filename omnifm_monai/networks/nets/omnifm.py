@@ -138,8 +138,9 @@ class OmniFM(nn.Module):
         g = self.gate.value
         return self.gate(tokens, delta), (g * suffix if suffix is not None else None)
 
-    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-        tokens, state = self.adapter.encode(self.backbone, x, *args)
+    def forward(self, x: torch.Tensor, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        """``x`` the image; further inputs (e.g. the VQA question) go to the backbone through its adapter."""
+        tokens, state = self.adapter.encode(self.backbone, x, *args, **kwargs)
         tokens, suffix = self._fuse(x, tokens)
         return self.adapter.decode(self.backbone, tokens, state, suffix)
 

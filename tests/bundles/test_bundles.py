@@ -1,0 +1,142 @@
+"""Model-zoo style checks of every bundle: properties, a 1-epoch run, evaluate, inference, verify, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.transforms import LoadImage
+
+from omnifm_monai.data import packaged_image
+
+BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
+SCHEMA = BUNDLES_DIR / "metadata_schema.json"
+
+# bundle -> the datalist task it reads, the site it trains on, its key metric, and what inference writes
+SPECS = {
+    "omnifm_segmentation": dict(task="segmentation", site="icbm_t1", key_metric="val_mean_dice", output="nifti", postfix="seg"),
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(name: str, root: Path, tmp: Path, **extra) -> dict:
+    return {
+        "bundle_root": str(BUNDLES_DIR / name),
+        "dataset_dir": str(root / SPECS[name]["site"]),
+        "ckpt_dir": str(tmp / "models"),
+        "output_dir": str(tmp / "eval"),
+        "image_size": 32,
+        "batch_size": 4,
+        "max_epochs": 1,
+        **extra,
+    }
+
+
+def _workflow(name: str, configs: list[str], workflow_type: str, overrides: dict) -> ConfigWorkflow:
+    cfg = BUNDLES_DIR / name / "configs"
+    return ConfigWorkflow(
+        config_file=[str(cfg / c) for c in configs],
+        meta_file=str(cfg / "metadata.json"),
+        logging_file=str(cfg / "logging.conf"),
+        workflow_type=workflow_type,
+        **overrides,
+    )
+
+
+def _run(workflow: ConfigWorkflow) -> None:
+    workflow.initialize()
+    assert not workflow.check_properties()  # every property MONAI's FL client relies on is defined
+    workflow.run()
+    workflow.finalize()
+
+
+def _dicom_series(folder: Path, depth: int = 3) -> Path:
+    """A real CT slice written as a ``depth``-slice DICOM series (positions 2.5 mm apart)."""
+    folder.mkdir(parents=True)
+    for i in range(depth):
+        ds = pydicom.dcmread(packaged_image("CT_small.dcm"))
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 2.5 * i]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"slice{i}.dcm")
+    return folder
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def trained(request, reference_sites, tmp_path_factory):
+    """Train each bundle for one epoch in a temporary folder; yields (name, overrides)."""
+    name = request.param
+    tmp = tmp_path_factory.mktemp(name)
+    overrides = _overrides(name, reference_sites, tmp)
+    _run(_workflow(name, ["train.json"], "train", overrides))
+    return name, overrides
+
+
+def test_train_writes_a_checkpoint_with_the_bank(trained):
+    _, overrides = trained
+    ckpt = Path(overrides["ckpt_dir"]) / "model.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert any(k.startswith("bank.") for k in state)
+    assert state["bank.valid"].any()  # SpectralBankRefresh filled the bank from the site's own data
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_evaluate_reports_finite_metrics(trained):
+    name, overrides = trained
+    _run(_workflow(name, ["train.json", "evaluate.json"], "eval", overrides))
+    with open(Path(overrides["output_dir"]) / "metrics.csv") as f:
+        metrics = {row[0]: float(row[1]) for row in csv.reader(f) if row}
+    key = SPECS[name]["key_metric"]
+    assert key in metrics and math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("source", ["nifti", "dicom", "dicom_series"])
+def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_path):
+    name, overrides = trained
+    spec = SPECS[name]
+    if source == "nifti":
+        datalist = json.loads((reference_sites / spec["site"] / f"{spec['task']}.json").read_text())
+        input_path = str(reference_sites / spec["site"] / datalist["test"][0]["image"])
+    elif source == "dicom":
+        input_path = packaged_image("MR_small.dcm")
+    else:
+        input_path = str(_dicom_series(tmp_path / "series"))
+    out_dir = tmp_path / "predictions"
+    _run(_workflow(name, ["train.json", "inference.json"], "infer", {**overrides, "input_path": input_path, "output_dir": str(out_dir)}))
+    written = list(out_dir.iterdir())
+    assert len(written) == 1 and spec["postfix"] in written[0].name
+    image = LoadImage(image_only=True)(input_path)
+    if spec["output"] == "nifti":
+        pred = LoadImage(image_only=True)(written[0])
+        assert tuple(pred.shape) == tuple(image.shape)
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+    else:
+        result = json.loads(written[0].read_text())
+        depth = image.shape[-1] if image.ndim == 3 and source == "dicom_series" else 1
+        assert len(result["predictions"]) == depth
+        assert all(0.0 <= p["probability"] <= 1.0 for p in result["predictions"])
+
+
+def test_verify_metadata_net_in_out_and_export(trained, tmp_path):
+    name, overrides = trained
+    cfg = BUNDLES_DIR / name / "configs"
+    verify_metadata(meta_file=str(cfg / "metadata.json"), filepath=str(SCHEMA))
+    common = dict(meta_file=str(cfg / "metadata.json"), config_file=str(cfg / "train.json"), bundle_root=overrides["bundle_root"])
+    verify_net_in_out(net_id="network_def", **common, **SPECS[name].get("forward_args", {}))
+    target = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def", filepath=str(target), ckpt_file=str(Path(overrides["ckpt_dir"]) / "model.pt"),
+        use_trace=True, input_shape=[1, 1, 128, 128], **common,
+    )
+    exported = torch.jit.load(str(target))
+    assert exported(torch.rand(1, 1, 128, 128)).shape[0] == 1
+    shutil.rmtree(tmp_path, ignore_errors=True)

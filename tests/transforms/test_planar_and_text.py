@@ -1,0 +1,47 @@
+import pytest
+import torch
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import Compose, Invertd
+
+from omnifm_monai.transforms import ResizePlanard, SliceItemsd, TokenizeQuestiond, build_vocabulary, words
+
+
+def _meta_image(*shape):
+    affine = torch.diag(torch.tensor([0.5, 0.7, 2.0, 1.0], dtype=torch.float64))
+    return MetaTensor(torch.rand(*shape), affine=affine)
+
+
+@pytest.mark.parametrize("shape,expected", [((1, 40, 56), (1, 32, 32)), ((1, 40, 56, 5), (1, 32, 32, 5))])
+def test_resize_planar_keeps_slices_and_inverts(shape, expected):
+    pre = Compose([ResizePlanard("image", 32)])
+    out = pre({"image": _meta_image(*shape)})
+    assert tuple(out["image"].shape) == expected
+    out["pred"] = out["image"].clone()
+    restored = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(out)["pred"]
+    assert tuple(restored.shape) == shape
+    assert torch.allclose(restored.affine, _meta_image(*shape).affine)
+
+
+def test_slice_items_split_volumes_and_keep_2d():
+    vol = {"image": torch.arange(2 * 3 * 4 * 5.0).reshape(1, 6, 4, 5), "name": "v"}
+    items = SliceItemsd("image")(vol)
+    assert [i["slice_index"] for i in items] == list(range(5))
+    assert torch.equal(items[3]["image"], vol["image"][..., 3]) and items[3]["name"] == "v"
+    assert list_data_collate([items])["image"].shape == (5, 1, 6, 4)
+    single = SliceItemsd("image")({"image": torch.zeros(1, 6, 4)})
+    assert len(single) == 1 and single[0]["slice_index"] == 0
+
+
+def test_vocabulary_and_tokenisation_round_trip():
+    questions = ["Is white matter visible?", "What modality is this image?", "is GREY matter larger?"]
+    vocab = build_vocabulary(questions)
+    assert vocab[:2] == ["<pad>", "<unk>"] and vocab[2:] == sorted(set(vocab[2:]))
+    tok = TokenizeQuestiond("q", vocab, max_length=6)
+    ids = tok({"q": "What modality is this image?"})["q"]
+    assert ids.dtype == torch.long and ids.shape == (6,)
+    assert [vocab[i] for i in ids if i] == words("What modality is this image?")
+    assert ids[5] == 0  # padded
+    assert tok({"q": "is bone visible"})["q"][1] == 1  # unknown word
+    assert len(tok({"q": " ".join(["is"] * 10)})["q"]) == 6  # truncated
+    with pytest.raises(ValueError, match="vocabulary"):
+        TokenizeQuestiond("q", ["a", "b"])
