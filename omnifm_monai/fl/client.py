@@ -220,8 +220,9 @@ class OmniFMClientAlgo(MonaiAlgo):
         self._load(global_weights)
         self.global_weights = self._shared_state()  # what the diff is taken against
         self._before_round(payload)
-        # MonaiAlgo.train loads data.weights again: give it only what we already loaded
-        super().train(ExchangeObject(weights=self.global_weights, weight_type=WeightType.WEIGHTS), extra)
+        # MonaiAlgo.train loads data.weights again: give it the state we just loaded (all keys, a no-op)
+        current = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+        super().train(ExchangeObject(weights=current, weight_type=WeightType.WEIGHTS), extra)
         if self.strategy.name == "ditto":
             self._train_personal(self.strategy.client_options["lam"])
         if self.strategy.name == "moon":

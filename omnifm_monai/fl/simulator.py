@@ -35,7 +35,7 @@ from monai.utils import set_determinism
 from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, aggregate_round, get_strategy
 
-__all__ = ["bundle_task", "default_sites", "simulate"]
+__all__ = ["bundle_task", "client_round", "default_sites", "round_seed", "simulate"]
 
 logger = logging.getLogger("omnifm_monai.fl")
 CHECKPOINT = "checkpoint.pt"
@@ -64,7 +64,7 @@ def _pooled_site(sites: Mapping[str, str], task: str, folder: Path) -> dict[str,
     """Centralized: one datalist whose training items are every site's (paths made absolute)."""
     folder.mkdir(parents=True, exist_ok=True)
     merged: dict[str, Any] = {}
-    for name, site_dir in sites.items():
+    for site_dir in sites.values():
         datalist = json.loads((Path(site_dir) / f"{task}.json").read_text())
         for key, value in datalist.items():
             if isinstance(value, list) and key in ("training", "validation", "test"):
@@ -80,8 +80,25 @@ def _pooled_site(sites: Mapping[str, str], task: str, folder: Path) -> dict[str,
     return {"pooled": str(folder)}
 
 
-def _seed(seed: int, *keys: Any) -> int:
+def round_seed(seed: int, *keys: Any) -> int:
+    """A seed for one (round, site, ...) derived from the run's seed: rounds replay identically on resume."""
     return zlib.crc32(json.dumps([seed, *keys]).encode()) % (2**31)
+
+
+def client_round(
+    client: OmniFMClientAlgo, global_weights: Mapping[str, torch.Tensor], payload: Mapping[str, Any], seed: int, rnd: int, index: int
+) -> ClientUpdate:
+    """One site's round, as every engine runs it: reseed, load the global state and payload, train, package the update."""
+    torch.manual_seed(round_seed(seed, rnd, index))
+    set_rnd(client.trainer.data_loader.dataset, round_seed(seed, rnd, index, "data"))
+    data = ExchangeObject(weights=dict(global_weights), weight_type=WeightType.WEIGHTS)
+    data[EXTRA_KEY] = dict(payload)
+    client.train(data)
+    result = client.get_weights()
+    return ClientUpdate(
+        site=client.site, weights=result.weights, num_samples=result.statistics["num_samples"],
+        weight_type="diff" if result.weight_type == WeightType.WEIGHT_DIFF else "full", extra=result[EXTRA_KEY],
+    )
 
 
 def _build_network(bundle: Path, overrides: Mapping[str, Any]) -> torch.nn.Module:
@@ -226,22 +243,15 @@ def simulate(
         payload = strategy.server_payload(server_state)
         updates, failed = [], {}
         for i, (name, client) in enumerate(clients.items()):
-            torch.manual_seed(_seed(seed, rnd, i))
-            set_rnd(client.trainer.data_loader.dataset, _seed(seed, rnd, i, "data"))
             tick = time.perf_counter()
             try:
-                data = ExchangeObject(weights=global_weights, weight_type=WeightType.WEIGHTS)
-                data[EXTRA_KEY] = payload
-                client.train(data)
-                result = client.get_weights()
-                updates.append(ClientUpdate(
-                    site=name, weights=result.weights, num_samples=result.statistics["num_samples"],
-                    weight_type="diff" if result.weight_type == WeightType.WEIGHT_DIFF else "full", extra=result[EXTRA_KEY],
-                ))
+                updates.append(client_round(client, global_weights, payload, seed, rnd, i))
             except Exception as err:  # a site failing mid-round drops out of this round only
                 logger.exception("site %s failed in round %d", name, rnd)
                 failed[name] = repr(err)
             logger.info("round %d/%d | site %s trained in %.1fs", rnd + 1, rounds, name, time.perf_counter() - tick)
+        if not updates:
+            raise RuntimeError(f"every site failed in round {rnd + 1}: {failed}")
         if strategy.name == "local":
             new_global, server_state, rejected = global_weights, server_state, {}
         else:

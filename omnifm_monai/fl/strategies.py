@@ -57,7 +57,8 @@ class ClientUpdate:
         if self.weight_type == "full":
             return dict(self.weights)
         if self.weight_type == "diff":
-            return {k: global_weights[k] + v.to(global_weights[k].dtype) for k, v in self.weights.items()}
+            # in double: global + (local - global) gives back local exactly whenever the client's subtraction was exact
+            return {k: (global_weights[k].double() + v.double()).to(global_weights[k].dtype) for k, v in self.weights.items()}
         raise ValueError(f"site {self.site}: unknown weight_type {self.weight_type!r} (expected 'full' or 'diff').")
 
 

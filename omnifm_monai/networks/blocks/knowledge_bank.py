@@ -154,26 +154,30 @@ class SpectralKnowledgeBank(nn.Module):
                 "age": torch.zeros(q, dtype=torch.long, device=keys.device),
             }
             rows = {name: torch.cat([rows[name], new[name]]) for name in BANK_FIELDS}
-        keep = self.prune_indices(rows["modality"], rows["hits"], rows["age"], self.capacity)
+        keep = self.prune_indices(rows["modality"], rows["hits"], rows["age"], self.capacity, rows["site"])
         self.load_tensors({name: value[keep] for name, value in rows.items()})
 
     @staticmethod
-    def prune_indices(modality: torch.Tensor, hits: torch.Tensor, age: torch.Tensor, capacity: int) -> torch.Tensor:
+    def prune_indices(
+        modality: torch.Tensor, hits: torch.Tensor, age: torch.Tensor, capacity: int, site: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Indices kept when ``N > capacity``: each modality keeps a quota ``capacity // M`` (or all it has,
-        if fewer); surplus is evicted from the most over-represented modality, lowest hit count first,
-        then oldest. Kept indices are returned in their original order."""
+        if fewer); surplus is evicted from the most over-represented modality: fewest hits first, then
+        oldest, then from the site with the most entries of that modality (so sites share a modality's
+        quota). Kept indices are returned in their original order."""
         n = modality.shape[0]
         if n <= capacity:
             return torch.arange(n, device=modality.device)
+        site = torch.zeros_like(modality) if site is None else site
         tags = modality.unique()
         quota = max(1, capacity // len(tags))
         kept = torch.ones(n, dtype=torch.bool, device=modality.device)
-        # eviction order within a modality: fewest hits first, then oldest (largest age)
-        order = sorted(range(n), key=lambda i: (float(hits[i]), -int(age[i]), i))
         while int(kept.sum()) > capacity:
             counts = {int(t): int((kept & (modality == t)).sum()) for t in tags}
             over = {t: c for t, c in counts.items() if c > quota} or counts
-            victim_tag = max(over, key=lambda t: (over[t], -t))
-            victim = next(i for i in order if kept[i] and int(modality[i]) == victim_tag)
+            tag = max(over, key=lambda t: (over[t], -t))
+            candidates = (kept & (modality == tag)).nonzero().flatten().tolist()
+            per_site = {int(s): int((kept & (modality == tag) & (site == s)).sum()) for s in site[candidates].unique()}
+            victim = min(candidates, key=lambda i: (float(hits[i]), -int(age[i]), -per_site[int(site[i])], i))
             kept[victim] = False
         return kept.nonzero().flatten()

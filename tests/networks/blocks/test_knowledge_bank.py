@@ -107,3 +107,10 @@ def test_kmeans_centroids_recover_separated_clusters():
     assert ((centres @ found.T).max(dim=1).values > 0.98).all()
     assert torch.equal(found, kmeans_centroids(points, 4, seed=1))
     assert kmeans_centroids(points[:3], 8).shape == (3, 16)
+
+
+def test_pruning_shares_a_modalitys_quota_between_its_sites():
+    modality = torch.zeros(12, dtype=torch.long)
+    site = torch.tensor([0] * 6 + [1] * 6)
+    keep = SpectralKnowledgeBank.prune_indices(modality, torch.zeros(12), torch.zeros(12, dtype=torch.long), 6, site)
+    assert sorted(site[keep].tolist()) == [0, 0, 0, 1, 1, 1]

@@ -1,0 +1,136 @@
+"""The federated simulator end to end on small real reference sites (32 x 32 slices)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnifm_monai.fl import OmniFMClientAlgo, simulate
+from omnifm_monai.fl.strategies import STRATEGIES
+from omnifm_monai.networks.blocks import is_private
+
+BUNDLE = str(Path(__file__).resolve().parents[2] / "bundles" / "omnifm_segmentation")
+SMALL = {"image_size": 32, "batch_size": 8}
+SITES = ["icbm_t1", "icbm_t2w"]
+
+
+def _run(tmp, sites_root, strategy, rounds=1, sites=SITES, **kw):
+    return simulate(BUNDLE, strategy, rounds=rounds, output=str(tmp), sites={s: str(sites_root / s) for s in sites},
+                    overrides=SMALL, test=kw.pop("test", False), **kw)
+
+
+def _rows(out):
+    with open(Path(out) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_fedavg_with_one_site_equals_local_training(reference_sites, tmp_path):
+    _run(tmp_path / "fedavg", reference_sites, "fedavg", rounds=2, sites=["icbm_t1"])
+    _run(tmp_path / "local", reference_sites, "local", rounds=2, sites=["icbm_t1"])
+    fedavg = torch.load(tmp_path / "fedavg" / "global_model.pt", weights_only=True)
+    local = torch.load(tmp_path / "local" / "checkpoint.pt", weights_only=True)["sites"]["icbm_t1"]["private_state"]
+    assert set(fedavg) <= set(local)
+    for k, v in fedavg.items():
+        assert torch.equal(v, local[k]), k
+
+
+def test_weight_differences_are_not_subtracted_twice(reference_sites, tmp_path):
+    # one round: sending local - global gives the global model full weights give, up to float32 rounding
+    # (over more rounds Adam amplifies that rounding, so later rounds are not compared)
+    _run(tmp_path / "full", reference_sites, "fedavg", sites=["icbm_t1", "icbm_t2w"])
+    _run(tmp_path / "diff", reference_sites, "fedavg", sites=["icbm_t1", "icbm_t2w"], send_weight_diff=True)
+    a = torch.load(tmp_path / "full" / "global_model.pt", weights_only=True)
+    b = torch.load(tmp_path / "diff" / "global_model.pt", weights_only=True)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_omnifm_round_shares_weights_keeps_private_state_and_merges_the_bank(reference_sites, tmp_path):
+    results = _run(tmp_path, reference_sites, "omnifm", rounds=1, test=True)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    global_w, sites = ckpt["global_weights"], ckpt["sites"]
+    assert not any(is_private(k) or k.startswith("bank.") for k in global_w)
+    suffixes = [sites[s]["private_state"]["prompt.private_suffix"] for s in SITES]
+    assert not torch.equal(*suffixes)  # trained apart, never averaged
+    bank = ckpt["server_state"]["bank"]
+    for site_id in range(len(SITES)):
+        assert 1 <= int((bank["site"] == site_id).sum()) <= 16  # each site's Q centroids
+    assert len(bank["keys"]) <= 256
+    assert torch.equal(torch.load(tmp_path / "bank.pt", weights_only=True)["keys"], bank["keys"])
+    assert set(results) == set(SITES) and all(math.isfinite(m["val_mean_dice"]) for m in results.values())
+    rows = _rows(tmp_path)
+    assert {r["site"] for r in rows if r["split"] == "validation"} == set(SITES)
+    assert any(r["split"] == "test" for r in rows)
+    assert list((tmp_path / "tensorboard").iterdir())
+    # a fresh client for each site, given the global weights, computes with exactly them plus its own private state
+    for site in SITES:
+        client = OmniFMClientAlgo(BUNDLE, "omnifm", site=site, dataset_dir=str(reference_sites / site), train_kwargs=SMALL,
+                                  workdir=str(tmp_path / "check"))
+        client.initialize()
+        client.private_state = sites[site]["private_state"]
+        client._load(global_w)
+        state = client.network.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in global_w.items())
+        assert torch.equal(state["prompt.private_suffix"], sites[site]["private_state"]["prompt.private_suffix"])
+
+
+def test_a_failing_site_drops_out_and_the_job_goes_on(reference_sites, tmp_path, monkeypatch):
+    original = OmniFMClientAlgo.train
+    calls = []
+
+    def flaky(self, data, extra=None):
+        calls.append(self.site)
+        if self.site == "icbm_t2w" and calls.count("icbm_t2w") == 1:  # fails in its first round only
+            raise RuntimeError("disk full")
+        return original(self, data, extra)
+
+    monkeypatch.setattr(OmniFMClientAlgo, "train", flaky)
+    _run(tmp_path, reference_sites, "fedavg", rounds=2)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    aggregated = [float(r["value"]) for r in _rows(tmp_path) if r["metric"] == "sites_aggregated"]
+    assert aggregated == [1.0, 2.0]
+    assert all(torch.isfinite(v).all() for v in ckpt["global_weights"].values() if v.is_floating_point())
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(reference_sites, tmp_path, monkeypatch):
+    _run(tmp_path / "full", reference_sites, "omnifm", rounds=2)
+    original = OmniFMClientAlgo.train
+    calls = {"n": 0}
+
+    def killed(self, data, extra=None):
+        calls["n"] += 1
+        if calls["n"] == 4:  # round 2, second site: the process dies mid-round
+            raise KeyboardInterrupt
+        return original(self, data, extra)
+
+    monkeypatch.setattr(OmniFMClientAlgo, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "resumed", reference_sites, "omnifm", rounds=2)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["round"] == 0
+    monkeypatch.setattr(OmniFMClientAlgo, "train", original)
+    _run(tmp_path / "resumed", reference_sites, "omnifm", rounds=2)
+    full = torch.load(tmp_path / "full" / "global_model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "global_model.pt", weights_only=True)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    strip = lambda rows: [(r["round"], r["site"], r["metric"], r["value"]) for r in rows if r["split"] == "validation"]  # noqa: E731
+    assert strip(_rows(tmp_path / "full")) == strip(_rows(tmp_path / "resumed"))
+
+
+def test_a_corrupt_checkpoint_is_refused(reference_sites, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="refusing"):
+        _run(tmp_path, reference_sites, "fedavg")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_runs_a_round(reference_sites, tmp_path, strategy):
+    _run(tmp_path, reference_sites, strategy, rounds=2)
+    values = [float(r["value"]) for r in _rows(tmp_path) if r["metric"] == "val_mean_dice"]
+    assert values and all(math.isfinite(v) and 0 <= v <= 1 for v in values)
