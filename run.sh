@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # omnifm_monai entry point for a fresh machine:
-#   bash run.sh main   set up, build the reference sites from packaged real images, run the main OmniFM job
+#   bash run.sh main   set up, build the reference sites from packaged real images, run federated OmniFM on them
 #   bash run.sh test   set up, run the whole test suite
 # Set-up is idempotent: a virtual environment in .venv with the package installed in editable mode.
 set -euo pipefail
@@ -12,7 +12,7 @@ setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
     # torch first, pinned: an unpinned torch pulled in by MONAI would resolve to a multi-GB CUDA build
     "$PY" -m pip install -q torch==2.13.0
-    "$PY" -m pip install -q -e ".[test]"
+    "$PY" -m pip install -q -e ".[test,fl]"
 }
 
 debian_data() {
@@ -31,14 +31,12 @@ case "${1:-}" in
         shift
         SITES=outputs/reference_sites
         [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES"
-        # OmniFM segmentation on the real ICBM152 T1 site: train, then evaluate on the held-out test slabs
-        B=bundles/omnifm_segmentation
-        "$PY" -m monai.bundle run --config_file "$B/configs/train.json" --meta_file "$B/configs/metadata.json" \
-            --logging_file "$B/configs/logging.conf" --bundle_root "$B" --dataset_dir "$SITES/icbm_t1" "$@"
-        "$PY" -m monai.bundle run --config_file "['$B/configs/train.json','$B/configs/evaluate.json']" \
-            --meta_file "$B/configs/metadata.json" --logging_file "$B/configs/logging.conf" --bundle_root "$B" \
-            --dataset_dir "$SITES/icbm_t1" "$@"
-        echo "test-set metrics: $B/eval/metrics.csv"; cat "$B/eval/metrics.csv"
+        # federated OmniFM segmentation across the MR reference sites (real T1 x2, simulated T2w/PDw/FLAIR);
+        # resumes if interrupted; metrics, TensorBoard and the global model land in $OUT
+        OUT=outputs/fl_omnifm_segmentation
+        "$PY" -m omnifm_monai.fl simulate --bundle bundles/omnifm_segmentation --strategy omnifm \
+            --rounds 10 --reference_dir "$SITES" --output "$OUT" "$@"
+        echo "per-site test metrics: $OUT/test_metrics.json"; cat "$OUT/test_metrics.json"
         ;;
     test)
         setup

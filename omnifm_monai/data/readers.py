@@ -29,6 +29,8 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, optional_import
 
+from omnifm_monai.transforms.text import build_vocabulary
+
 PILImage, has_pil = optional_import("PIL.Image")
 
 __all__ = [
@@ -401,10 +403,14 @@ def _write_vqa(
     output_dir: PathLike,
     answers: Iterable[Any] | None,
 ) -> dict:
-    """Write VQA sites over one answer list, the union of every site's answers plus ``answers``."""
+    """Write VQA sites over one answer list, the union of every site's answers plus ``answers``, and one
+    question vocabulary, built from every site's training questions (shared word indices)."""
     extra = {str(a).strip().lower() for a in answers or ()}
     answer_list = sorted(
         extra | {r["answer"] for splits in sites.values() for rs in splits.values() for r in rs}
+    )
+    vocabulary = build_vocabulary(
+        r["question"] for splits in sites.values() for r in splits.get("training", [])
     )
     index, summary = {a: i for i, a in enumerate(answer_list)}, {}
     for site, splits in sites.items():
@@ -415,9 +421,16 @@ def _write_vqa(
             "task": "vqa",
             "description": f"{dataset} ({site}), closed-set answers shared by all produced sites; split by image.",
             "answers": answer_list,
+            "vocabulary": vocabulary,
         }
         summary[site] = _write_site(folder, meta, items)
-    return {"dataset": dataset, "task": "vqa", "sites": summary, "answers": answer_list}
+    return {
+        "dataset": dataset,
+        "task": "vqa",
+        "sites": summary,
+        "answers": answer_list,
+        "vocabulary": vocabulary,
+    }
 
 
 def _split_records(

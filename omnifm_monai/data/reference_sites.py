@@ -35,6 +35,8 @@ import numpy as np
 from monai.config import PathLike
 from scipy import ndimage as ndi
 
+from omnifm_monai.transforms.text import build_vocabulary
+
 __all__ = ["LEVELS", "SITES", "TASKS", "VQA_ANSWERS", "build_reference_sites"]
 
 logger = logging.getLogger(__name__)
@@ -513,6 +515,7 @@ def build_reference_sites(
                                "skipped": skipped}  # fmt: skip
     try:
         cache: dict[str, _Volume] = {}
+        vqa: dict[str, tuple[Path, dict, dict[str, list[dict]]]] = {}
         for site in (s for s in SITES if s in sites and s not in skipped):
             base = "icbm_t1" if site in SEQUENCES else site
             if base not in cache:  # the ICBM maps are loaded once for the four ICBM sites
@@ -530,14 +533,24 @@ def build_reference_sites(
             counts = {}
             for task in (t for t in SITES[site][2] if t in tasks):
                 items = _task_items(vol, site, task, records, seed)
-                with open(folder / f"{task}.json", "w") as f:
-                    json.dump({**_task_meta(site, task, vol), **items}, f, indent=1)
+                if task == "vqa":  # written below, once every site's training questions are known
+                    vqa[site] = (folder, _task_meta(site, task, vol), items)
+                else:
+                    with open(folder / f"{task}.json", "w") as f:
+                        json.dump({**_task_meta(site, task, vol), **items}, f, indent=1)
                 counts[task] = {s: len(v) for s, v in items.items()}
             summary["sites"][site] = {
                 "modality": SITES[site][0], "package": vol.package, "source": vol.source, "volume": vol.name,
                 "image": vol.image_kind, "segmentation_labels": vol.tissue_source, "level_labels": vol.brain_source,
                 "extent": [lo, hi], "slices": {s: len(v) for s, v in splits.items()}, "tasks": counts,
             }  # fmt: skip
+        # one vocabulary over every site's training questions, like the answers: federated sites share indices
+        vocabulary = build_vocabulary(
+            i["question"] for _, _, items in vqa.values() for i in items["training"]
+        )
+        for folder, meta, items in vqa.values():
+            with open(folder / "vqa.json", "w") as f:
+                json.dump({**meta, "vocabulary": vocabulary, **items}, f, indent=1)
         summary["packages_used"] = sorted({v["package"] for v in summary["sites"].values()})
         summary["build_seconds"] = round(time.time() - t0, 1)
         with open(tmp / "sites.json", "w") as f:

@@ -16,6 +16,7 @@ with the same result as an uninterrupted one (every round reseeds from ``seed``,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from monai.utils import set_determinism
 from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, aggregate_round, get_strategy
 
-__all__ = ["bundle_task", "client_round", "default_sites", "round_seed", "simulate"]
+__all__ = ["bundle_task", "client_round", "default_sites", "round_seed", "simulate", "update_bytes"]
 
 logger = logging.getLogger("omnifm_monai.fl")
 CHECKPOINT = "checkpoint.pt"
@@ -99,6 +100,13 @@ def client_round(
         site=client.site, weights=result.weights, num_samples=result.statistics["num_samples"],
         weight_type="diff" if result.weight_type == WeightType.WEIGHT_DIFF else "full", extra=result[EXTRA_KEY],
     )
+
+
+def update_bytes(update: ClientUpdate) -> int:
+    """Bytes a site uploads in a round: its weights and strategy extras, serialised as torch would send them."""
+    buffer = io.BytesIO()
+    torch.save({"weights": update.weights, "extra": update.extra, "num_samples": update.num_samples}, buffer)
+    return buffer.tell()
 
 
 def _build_network(bundle: Path, overrides: Mapping[str, Any]) -> torch.nn.Module:
@@ -215,6 +223,20 @@ def simulate(
         net_cfg.read_config(str(bundle_dir / "configs" / "train.json"))
         strategy.bank_config["modalities"] = net_cfg.get_parsed_content("modalities")
 
+    run_config = {"bundle": str(bundle_dir.resolve()), "strategy": strategy.name, "sites": site_dirs, "seed": seed,
+                  "local_epochs": local_epochs, "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)}}
+    config_file = out / "run.json"
+    checkpoint = _load_checkpoint(out / CHECKPOINT)
+    if checkpoint is not None:
+        previous = json.loads(config_file.read_text()) if config_file.exists() else None
+        if previous != json.loads(json.dumps(run_config)):
+            raise ValueError(f"{out} holds a run with another configuration ({config_file}); choose another --output.")
+        if checkpoint["round"] + 1 >= rounds and (not test or (out / "test_metrics.json").exists()):
+            logger.info("%s already completed %d rounds", out, checkpoint["round"] + 1)
+            return json.loads((out / "test_metrics.json").read_text()) if test else {}
+    else:
+        config_file.write_text(json.dumps(run_config, indent=2))
+
     set_determinism(seed)
     network = _build_network(bundle_dir, overrides)
     clients: dict[str, OmniFMClientAlgo] = {}
@@ -228,7 +250,6 @@ def simulate(
     server_state = strategy.init_state(global_weights)
     start = 0
     writer = _Writer(out, strategy.name)
-    checkpoint = _load_checkpoint(out / CHECKPOINT)
     if checkpoint is not None:
         start = checkpoint["round"] + 1
         global_weights, server_state = checkpoint["global_weights"], checkpoint["server_state"]
@@ -241,14 +262,17 @@ def simulate(
     for rnd in range(start, rounds):
         started = time.perf_counter()
         payload = strategy.server_payload(server_state)
-        updates, failed = [], {}
+        updates, failed, cost = [], {}, []
+        train_seconds = 0.0
         for i, (name, client) in enumerate(clients.items()):
             tick = time.perf_counter()
             try:
                 updates.append(client_round(client, global_weights, payload, seed, rnd, i))
+                cost.append((rnd, name, "round", "upload_bytes", float(update_bytes(updates[-1]))))
             except Exception as err:  # a site failing mid-round drops out of this round only
                 logger.exception("site %s failed in round %d", name, rnd)
                 failed[name] = repr(err)
+            train_seconds += time.perf_counter() - tick
             logger.info("round %d/%d | site %s trained in %.1fs", rnd + 1, rounds, name, time.perf_counter() - tick)
         if not updates:
             raise RuntimeError(f"every site failed in round {rnd + 1}: {failed}")
@@ -257,18 +281,25 @@ def simulate(
         else:
             new_global, server_state, rejected = aggregate_round(strategy, global_weights, updates, server_state, min_sites)
         global_weights = new_global
-        rows = []
+        rows, tick = [], time.perf_counter()
         for name, client in clients.items():
             metrics = client.evaluate(ExchangeObject(weights=global_weights)).metrics
             rows += [(rnd, name, "validation", k, v) for k, v in metrics.items()]
-        rows += [(rnd, "server", "round", "seconds", time.perf_counter() - started),
-                 (rnd, "server", "round", "sites_aggregated", float(len(updates) - len(rejected)))]
+        eval_seconds = time.perf_counter() - tick
+        rows += cost + [
+            (rnd, "server", "round", "train_seconds", train_seconds),
+            (rnd, "server", "round", "eval_seconds", eval_seconds),
+            (rnd, "server", "round", "sites_aggregated", float(len(updates) - len(rejected))),
+        ]
         writer.write(rows)
+        tick = time.perf_counter()
         _save_checkpoint(out / CHECKPOINT, {
             "round": rnd, "global_weights": global_weights, "server_state": server_state,
             "sites": {n: {"private_state": c.private_state, "client_state": c.client_state} for n, c in clients.items()},
             "failed": failed, "rejected": rejected,
         })
+        writer.write([(rnd, "server", "round", "checkpoint_seconds", time.perf_counter() - tick),
+                      (rnd, "server", "round", "seconds", time.perf_counter() - started)])
         key = [r for r in rows if r[2] == "validation"]
         summary = ", ".join(f"{r[1]} {r[3]}={r[4]:.4f}" for r in key[:: max(1, len(key) // len(clients))])
         logger.info("round %d/%d done in %.1fs | %s", rnd + 1, rounds, time.perf_counter() - started, summary)

@@ -24,6 +24,7 @@ from omnifm_monai.data.readers import (
     split_by_group,
 )
 from omnifm_monai.data.validation import validate_datalist
+from omnifm_monai.transforms import PAD, UNKNOWN, words
 
 Image = pytest.importorskip("PIL.Image")
 RNG = np.random.default_rng(0)
@@ -269,3 +270,48 @@ def test_vqa_rad_and_slake_share_answers(tmp_path):
         tmp_path / "Slake1.0", tmp_path / "Slake1.0" / "imgs", tmp_path / "one", site_by_modality=False
     )
     assert [one["sites"]["slake"][s] for s in SPLITS] == [2, 1, 1]
+
+
+def _assert_shared_vocabulary(summary: dict) -> None:
+    """Every produced site holds the summary's vocabulary, which covers every training question word."""
+    vocabulary = summary["vocabulary"]
+    assert (
+        vocabulary[:2] == [PAD, UNKNOWN] and len(vocabulary) > 2 and len(set(vocabulary)) == len(vocabulary)
+    )
+    for info in summary["sites"].values():
+        datalist = json.loads(Path(info["datalist"]).read_text())
+        assert datalist["vocabulary"] == vocabulary
+        for item in datalist["training"]:
+            assert set(words(item["question"])) <= set(vocabulary), item["question"]
+
+
+def test_vqa_vocabulary_shared_across_sites(tmp_path):
+    slake = [
+        {"qid": 1, "img_name": "a/source.jpg", "question": "Which organ is enlarged?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT"},
+        {"qid": 2, "img_name": "b/source.jpg", "question": "Is the kidney abnormal?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
+        {"qid": 3, "img_name": "c/source.jpg", "question": "Is this a T2 weighted scan?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "modality": "MRI"},
+        {"qid": 4, "img_name": "d/source.jpg", "question": "Where's the lesion?", "answer": "Left Lung", "q_lang": "en", "answer_type": "OPEN", "modality": "X-Ray"},
+        {"qid": 5, "img_name": "e/source.jpg", "question": "Held out words only", "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "modality": "MRI"},
+        {"qid": 6, "img_name": "f/source.jpg", "question": "Unseen validation question", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
+    ]  # fmt: skip
+    for r in slake:
+        _png(tmp_path / "imgs" / r["img_name"], (10, 10, 3))
+    for name, rows in (("train.json", slake[:4]), ("validate.json", slake[5:]), ("test.json", slake[4:5])):
+        (tmp_path / "Slake1.0" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "Slake1.0" / name).write_text(json.dumps(rows))
+    out = read_slake(tmp_path / "Slake1.0", tmp_path / "imgs", tmp_path / "slake")
+    assert sorted(out["sites"]) == ["slake_ct", "slake_mri", "slake_x_ray"]
+    _assert_shared_vocabulary(out)
+    # the union over the sites' training questions only: held-out words are not in it
+    assert {"kidney", "weighted", "where's"} <= set(out["vocabulary"])
+    assert not {"held", "unseen"} & set(out["vocabulary"])
+
+    for k in range(3):
+        _png(tmp_path / "rad" / f"synpic{k}.jpg", (10, 10))
+    rad = [
+        {"qid": k, "image_name": f"synpic{k % 3}.jpg", "question": q, "answer": a, "answer_type": "CLOSED"}
+        for k, (q, a) in enumerate([("Is there a fracture?", "yes"), ("Is it normal?", "no"), ("Is the heart big?", "yes")])
+    ]  # fmt: skip
+    (tmp_path / "rad.json").write_text(json.dumps(rad))
+    summary = read_vqa_rad(tmp_path / "rad.json", tmp_path / "rad", tmp_path / "out", test_fraction=0.0)
+    _assert_shared_vocabulary(summary)

@@ -22,6 +22,7 @@ from omnifm_monai.data.reference_sites import (
     VQA_ANSWERS,
     build_reference_sites,
 )
+from omnifm_monai.transforms import PAD, UNKNOWN, build_vocabulary, words
 
 SIZE, GAP, SEED = 48, 3, 7
 HAS_CT = Path(INVESALIUS_FILE).is_file()
@@ -190,6 +191,20 @@ def test_vqa_answers_shared_and_balanced(built):
                     qtype,
                 )
     assert len(modality) >= 4 and max(modality.values()) / sum(modality.values()) <= 0.5
+
+
+def test_vqa_vocabulary_shared_and_covers_training_questions(built):
+    out, _ = built
+    vqa = {site: datalist for site, task, datalist in _datalists(out) if task == "vqa"}
+    assert len(vqa) >= 2
+    vocabularies = {tuple(d["vocabulary"]) for d in vqa.values()}
+    assert len(vocabularies) == 1, "every site must share one vocabulary (same embedding indices)"
+    vocabulary = list(vocabularies.pop())
+    assert vocabulary[:2] == [PAD, UNKNOWN] and len(set(vocabulary)) == len(vocabulary)
+    assert vocabulary == build_vocabulary(q["question"] for d in vqa.values() for q in d["training"])
+    for site, datalist in vqa.items():
+        for item in datalist["training"]:
+            assert set(words(item["question"])) <= set(vocabulary), (site, item["question"])
 
 
 def test_images_load_with_monai(built):
