@@ -323,6 +323,10 @@ class OmniFMClientAlgo(MonaiAlgo):
         self._load(data.weights)
         if personal is not None:
             self._load(personal)
+        bank = getattr(self.network, "bank", None)
+        payload = data.get(EXTRA_KEY) or {}
+        if bank is not None and payload.get("bank") is not None:  # evaluate with the bank the server just merged
+            bank.load_tensors(payload["bank"])
         evaluator = self._test_evaluator() if (extra or {}).get("split") == "test" else self.evaluator
         evaluator.run()
         return ExchangeObject(metrics={k: float(v) for k, v in evaluator.state.metrics.items()})

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 
-from .simulator import _build_network
+from .simulator import build_network, make_strategy
 from .strategies import ClientUpdate, Strategy, aggregate_round, get_strategy, weighted_average
 
 __all__ = [
@@ -116,21 +116,6 @@ def to_numpy(weights: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ strategy and initial state
-def make_strategy(bundle: str | Path, name: str, sites: Sequence[str], options: Mapping[str, Any] | None = None) -> tuple[Strategy, dict[str, Any]]:
-    """The strategy and its full, JSON-serialisable options, resolved as :func:`~omnifm_monai.fl.simulate` does:
-    ``omnifm`` gets the site list and the bundle's ``modalities``; ``scaffold``/``feddyn`` the number of sites.
-    The same options build the strategy on the server (aggregator) and on every site (client script)."""
-    opts = dict(options or {})
-    if name == "omnifm":
-        opts.setdefault("sites", list(sites))
-        parser = ConfigParser()
-        parser.read_config(str(Path(bundle) / "configs" / "train.json"))
-        opts.setdefault("modalities", list(parser.get_parsed_content("modalities")))
-    if name in ("scaffold", "feddyn"):
-        opts.setdefault("num_sites", len(sites))
-    return get_strategy(name, **opts), opts
-
-
 def _shared(network: torch.nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
     private = strategy.private_keys(network)
     return {k: v.detach().cpu().clone() for k, v in network.state_dict().items() if k not in private}
@@ -141,7 +126,7 @@ def initial_global_weights(bundle: str | Path, strategy: Strategy, overrides: Ma
     then the bundle's ``network`` with the strategy's network overrides, minus the strategy's private keys."""
     overrides = {**dict(overrides or {}), **strategy.network_overrides}
     set_determinism(seed)
-    return _shared(_build_network(Path(bundle), overrides), strategy)
+    return _shared(build_network(Path(bundle), overrides), strategy)
 
 
 def network_spec(bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from monai.utils import set_determinism
 from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, aggregate_round, get_strategy
 
-__all__ = ["bundle_task", "client_round", "default_sites", "round_seed", "simulate", "update_bytes"]
+__all__ = ["build_network", "bundle_task", "client_round", "default_sites", "make_strategy", "round_seed", "simulate", "update_bytes"]
 
 logger = logging.getLogger("omnifm_monai.fl")
 CHECKPOINT = "checkpoint.pt"
@@ -109,11 +109,27 @@ def update_bytes(update: ClientUpdate) -> int:
     return buffer.tell()
 
 
-def _build_network(bundle: Path, overrides: Mapping[str, Any]) -> torch.nn.Module:
+def build_network(bundle: str | Path, overrides: Mapping[str, Any]) -> torch.nn.Module:
+    """The bundle's ``network`` with ``overrides`` (e.g. a strategy's ``network_overrides``)."""
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.read_config(str(Path(bundle) / "configs" / "train.json"))
     parser.update(dict(overrides))
     return parser.get_parsed_content("network")
+
+
+def make_strategy(bundle: str | Path, name: str, sites: Sequence[str], options: Mapping[str, Any] | None = None) -> tuple[Strategy, dict[str, Any]]:
+    """The strategy and its full, JSON-serialisable options, as every engine resolves them: ``omnifm`` gets the
+    site list and the bundle's ``modalities`` (the server's bank must match the network's); ``scaffold`` /
+    ``feddyn`` get the number of sites."""
+    opts = dict(options or {})
+    if name == "omnifm":
+        opts.setdefault("sites", list(sites))
+        parser = ConfigParser()
+        parser.read_config(str(Path(bundle) / "configs" / "train.json"))
+        opts.setdefault("modalities", list(parser.get_parsed_content("modalities")))
+    if name in ("scaffold", "feddyn"):
+        opts.setdefault("num_sites", len(sites))
+    return get_strategy(name, **opts), opts
 
 
 class _Writer:
@@ -208,20 +224,11 @@ def simulate(
     site_dirs = dict(sites) if isinstance(sites, Mapping) else (
         {s: str(Path(reference_dir) / s) for s in sites} if sites else default_sites(bundle_dir, reference_dir)
     )
-    opts = dict(strategy_options or {})
     if isinstance(strategy, str):
-        if strategy == "omnifm":
-            opts.setdefault("sites", list(site_dirs))
-        if strategy in ("scaffold", "feddyn"):
-            opts.setdefault("num_sites", len(site_dirs))
-        strategy = get_strategy(strategy, **opts)
+        strategy = make_strategy(bundle_dir, strategy, list(site_dirs), strategy_options)[0]
     if strategy.pooled:
         site_dirs = _pooled_site(site_dirs, task, out / "pooled_data")
     overrides = {**dict(overrides or {}), **strategy.network_overrides}
-    if strategy.name == "omnifm":  # the server's bank must match the network's
-        net_cfg = ConfigParser()
-        net_cfg.read_config(str(bundle_dir / "configs" / "train.json"))
-        strategy.bank_config["modalities"] = net_cfg.get_parsed_content("modalities")
 
     run_config = {"bundle": str(bundle_dir.resolve()), "strategy": strategy.name, "sites": site_dirs, "seed": seed,
                   "local_epochs": local_epochs, "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)}}
@@ -238,7 +245,7 @@ def simulate(
         config_file.write_text(json.dumps(run_config, indent=2))
 
     set_determinism(seed)
-    network = _build_network(bundle_dir, overrides)
+    network = build_network(bundle_dir, overrides)
     clients: dict[str, OmniFMClientAlgo] = {}
     for name, folder in site_dirs.items():
         client = OmniFMClientAlgo(str(bundle_dir), strategy, site=name, dataset_dir=folder, local_epochs=local_epochs,
@@ -282,8 +289,10 @@ def simulate(
             new_global, server_state, rejected = aggregate_round(strategy, global_weights, updates, server_state, min_sites)
         global_weights = new_global
         rows, tick = [], time.perf_counter()
+        evaluation = ExchangeObject(weights=global_weights)
+        evaluation[EXTRA_KEY] = strategy.server_payload(server_state)  # e.g. the merged bank
         for name, client in clients.items():
-            metrics = client.evaluate(ExchangeObject(weights=global_weights)).metrics
+            metrics = client.evaluate(evaluation).metrics
             rows += [(rnd, name, "validation", k, v) for k, v in metrics.items()]
         eval_seconds = time.perf_counter() - tick
         rows += cost + [
@@ -307,8 +316,10 @@ def simulate(
     results: dict[str, Any] = {}
     if test:
         rows = []
+        evaluation = ExchangeObject(weights=global_weights)
+        evaluation[EXTRA_KEY] = strategy.server_payload(server_state)
         for name, client in clients.items():
-            metrics = client.evaluate(ExchangeObject(weights=global_weights), extra={"split": "test"}).metrics
+            metrics = client.evaluate(evaluation, extra={"split": "test"}).metrics
             results[name] = metrics
             rows += [(rounds - 1, name, "test", k, v) for k, v in metrics.items()]
         writer.write(rows)

@@ -96,6 +96,7 @@ def test_a_failing_site_drops_out_and_the_job_goes_on(reference_sites, tmp_path,
     assert all(torch.isfinite(v).all() for v in ckpt["global_weights"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(reference_sites, tmp_path, monkeypatch):
     _run(tmp_path / "full", reference_sites, "omnifm", rounds=2)
     original = OmniFMClientAlgo.train

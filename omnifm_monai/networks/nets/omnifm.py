@@ -170,7 +170,10 @@ class OmniFMResNet(OmniFM):
 class OmniFMUNet(OmniFM):
     """OmniFM around a MONAI ``BasicUNet`` (segmentation, super-resolution): fusion at the bottleneck.
 
-    ``(B, in_channels, *S) -> (B, out_channels, *S)``, ``S`` divisible by 16.
+    ``(B, in_channels, *S) -> (B, out_channels, *S)``, ``S`` divisible by 16. ``residual`` adds the input to
+    the output (``out_channels == in_channels``; image restoration learns the correction, the usual choice
+    for super-resolution) and zero-initialises the last convolution, so the network starts as the identity;
+    ``norm`` / ``act`` go to ``BasicUNet``.
     """
 
     def __init__(
@@ -179,10 +182,23 @@ class OmniFMUNet(OmniFM):
         in_channels: int,
         out_channels: int,
         features: Sequence[int] = (16, 16, 32, 64, 128, 16),
+        norm: str | tuple | None = ("instance", {"affine": True}),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        residual: bool = False,
         **omnifm,
     ) -> None:
-        backbone = BasicUNet(spatial_dims, in_channels, out_channels, features=tuple(features))
+        if residual and in_channels != out_channels:
+            raise ValueError(f"residual needs in_channels == out_channels, got {in_channels} and {out_channels}.")
+        backbone = BasicUNet(spatial_dims, in_channels, out_channels, features=tuple(features), norm=norm, act=act)
+        if residual:  # start as the identity: training can only add a correction the data supports
+            nn.init.zeros_(backbone.final_conv.weight)
+            nn.init.zeros_(backbone.final_conv.bias)
         super().__init__(backbone, spatial_dims, in_channels, **omnifm)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x, *args, **kwargs)
+        return out + x if self.residual else out
 
 
 class OmniFMVQA(OmniFM):

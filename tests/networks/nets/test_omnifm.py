@@ -115,3 +115,17 @@ def test_vqa_padding_does_not_change_the_answer():
     x, q = torch.rand(1, 1, 32, 32), torch.tensor([[3, 5, 7]])
     padded = torch.tensor([[3, 5, 7, 0, 0, 0]])
     assert torch.allclose(net(x, q), net(x, padded), atol=1e-6)
+
+
+def test_residual_unet_adds_its_input_and_checks_channels():
+    torch.manual_seed(0)
+    plain = OmniFMUNet(2, 1, 1, features=(8, 8, 16, 32, 64, 8), **ALL_OFF).eval()
+    torch.manual_seed(0)
+    residual = OmniFMUNet(2, 1, 1, features=(8, 8, 16, 32, 64, 8), residual=True, **ALL_OFF).eval()
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(residual(x), x)  # zero-initialised last layer: the identity at the start
+    residual.backbone.final_conv.load_state_dict(plain.backbone.final_conv.state_dict())
+    assert torch.allclose(residual(x), plain(x) + x)
+    with pytest.raises(ValueError, match="residual"):
+        OmniFMUNet(2, 1, 3, residual=True)
+    assert OmniFMUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8), norm=None, **ALL_OFF)(x).shape == (2, 2, 32, 32)

@@ -1,0 +1,319 @@
+"""Build and run (or export) the NVFlare job of a bundle and a strategy: a FedAvgRecipe with the strategy's
+aggregator, the Client API script ``client.py`` on every site, and the simulator's initial weights.
+
+    python federated/job.py --bundle bundles/omnifm_segmentation --strategy omnifm --rounds 2 \
+        --sites icbm_t1,icbm_t2w --reference_dir outputs/reference_sites --env sim --output outputs/nvflare_omnifm
+    python federated/job.py ... --env poc                       # server and clients as separate processes
+    python federated/job.py ... --export_dir jobs/omnifm         # a job folder for `nvflare job submit` (production)
+
+Every strategy except ``local`` and ``centralized`` runs as FedAvg-style rounds (send global -> train ->
+aggregate); the aggregation rule, private keys and payload are the strategy's. After a run the result is
+checked (global model present, its meta at the last round, no error log) and the global weights, the
+server state and the per-round site metrics are written to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from nvflare.app_opt.pt.recipes import FedAvgRecipe
+from nvflare.recipe import PocEnv, SimEnv, set_per_site_config
+
+from omnifm_monai.fl.nvflare import (
+    REJECTED,
+    SITE_METRICS,
+    StrategyAggregator,
+    initial_checkpoint,
+    make_strategy,
+    network_spec,
+    read_global_model,
+)
+from omnifm_monai.fl.strategies import STRATEGIES
+
+HERE = Path(__file__).resolve().parent
+NOT_FEDERATED = ("local", "centralized")  # no global model (local) / one pooled site (centralized): use the simulator
+FEDERATED = tuple(s for s in STRATEGIES if s not in NOT_FEDERATED)
+RESULT_MODEL = "FL_global_model.pt"
+JOB_CONFIG = "omnifm_job.json"
+INITIAL_CKPT = "initial_global_model.pt"
+BUNDLE_FILES = "bundle_files"  # its content lands in each client app's custom/ folder
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    """Recipes resolve relative scripts and files against the working directory (they ship them in the job)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _stage(bundle: Path, staging: Path) -> Path:
+    """The job's source folder: the client script, the bundle's configs (no models, outputs or data) under
+    ``bundle_files/<name>``, and (written later) the job config and the initial checkpoint. Recipes resolve
+    relative files against the working directory and ship them, so they are built and run from here."""
+    shutil.rmtree(staging / BUNDLE_FILES, ignore_errors=True)
+    # JSON configs only: `nvflare job submit` parses every *.conf in the job as a job config (logging.conf fails)
+    shutil.copytree(bundle / "configs", staging / BUNDLE_FILES / bundle.name / "configs",
+                    ignore=lambda folder, names: [n for n in names if not n.endswith(".json")])
+    shutil.copy(HERE / "client.py", staging / "client.py")
+    return staging / BUNDLE_FILES / bundle.name
+
+
+def _key_metric(bundle: Path) -> str:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    metric = parser.get("validate::key_metric", {})
+    return next(iter(metric)) if isinstance(metric, dict) and metric else "accuracy"
+
+
+def build_recipe(
+    bundle: str,
+    strategy: str,
+    sites: list[str],
+    rounds: int = 2,
+    site_dirs: dict[str, str] | None = None,
+    seed: int = 0,
+    local_epochs: int = 1,
+    overrides: dict[str, Any] | None = None,
+    strategy_options: dict[str, Any] | None = None,
+    min_updates: int | None = None,
+    send_weight_diff: bool = False,
+    external: bool = False,
+    staging: str | None = None,
+    name: str | None = None,
+    command: str | None = None,
+) -> FedAvgRecipe:
+    """The job as a recipe. ``site_dirs`` puts each site's ``--dataset_dir`` in the job (simulation, PoC);
+    without it every site reads ``OMNIFM_DATASET_DIR`` from its own environment (production). ``external``
+    starts each site's script as its own process with ``command`` (default: this Python; give the sites'
+    interpreter, e.g. ``python3 -u``, for an exported job)."""
+    if strategy not in FEDERATED:
+        raise ValueError(f"strategy {strategy!r} is not a federated round ({NOT_FEDERATED} run in the simulator); choose one of {FEDERATED}.")
+    bundle_dir = Path(bundle).resolve()
+    site_dirs = {s: str(Path(d).resolve()) for s, d in site_dirs.items()} if site_dirs else None  # before any chdir
+    overrides = dict(overrides or {})
+    strat, options = make_strategy(bundle_dir, strategy, sites, strategy_options)
+    staging_dir = Path(staging or tempfile.mkdtemp(prefix="omnifm_nvflare_")).resolve()
+    staged = _stage(bundle_dir, staging_dir)
+    initial_checkpoint(staging_dir / INITIAL_CKPT, bundle_dir, strat, overrides, seed)
+    # everything but the site's index and data path goes in a file shipped with the job: NVFlare splits
+    # train_args on whitespace (in-process) or with shell rules (external), neither safe for JSON
+    job_config = {"bundle": staged.name, "strategy": strategy, "strategy_options": options, "overrides": overrides,
+                  "seed": seed, "local_epochs": local_epochs, "send_weight_diff": send_weight_diff}
+    (staging_dir / JOB_CONFIG).write_text(json.dumps(job_config, indent=2))
+    with _cwd(staging_dir):
+        recipe = FedAvgRecipe(
+            name=name or f"omnifm_{strategy}",
+            model=network_spec(bundle_dir, strat, overrides),  # built on the server only to name the architecture
+            initial_ckpt=INITIAL_CKPT,  # relative: shipped in the server app; the simulator's initial weights
+            min_clients=len(sites),
+            num_rounds=rounds,
+            train_script="client.py",
+            train_args=f"--job_config {JOB_CONFIG}",
+            aggregator=StrategyAggregator(strategy, options, min_updates=min_updates or 1, sites=list(sites)),
+            key_metric=_key_metric(bundle_dir),
+            launch_external_process=external,
+            command=command or f"{sys.executable} -u",
+        )
+        per_site = {}
+        for index, site in enumerate(sites):
+            args = [f"--job_config {JOB_CONFIG}", f"--site_index {index}"]
+            if site_dirs:
+                folder = site_dirs[site]
+                if any(c.isspace() for c in folder):
+                    raise ValueError(f"NVFlare splits script arguments on whitespace: move {folder!r} or use OMNIFM_DATASET_DIR.")
+                args.append(f"--dataset_dir {folder}")
+            per_site[site] = {"train_args": " ".join(args)}
+        set_per_site_config(recipe, per_site)  # right after construction, before any client customisation
+        recipe.add_client_file(BUNDLE_FILES)  # -> custom/<bundle name>/configs
+        recipe.add_client_file(JOB_CONFIG)
+    recipe.staging_dir = staging_dir
+    return recipe
+
+
+def export(recipe: FedAvgRecipe, job_dir: str) -> Path:
+    """Write the job folder ``<job_dir>/<job name>`` for ``nvflare job submit``."""
+    job_dir = Path(job_dir).resolve()  # before the chdir
+    with _cwd(recipe.staging_dir):
+        recipe.export(job_dir=str(job_dir))
+    return job_dir / recipe.name
+
+
+class _PocEnv(PocEnv):
+    """PocEnv with retries. It waits a fixed 3 s after starting the services; on a loaded machine the admin
+    login can then reach a server that is not ready (seen as ``TypeError: 'None' is not an instance of
+    'bytes'`` on the server's certificate), which fails the submission and also the stop (left running,
+    the services restart themselves). Both are retried after a pause."""
+
+    attempts = 3
+
+    def deploy(self, job):
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return super().deploy(job)  # stops and restarts the services if they run
+            except Exception as err:
+                if attempt == self.attempts:
+                    raise
+                print(f"PoC submission failed ({err!r}); restarting the PoC services (attempt {attempt + 1} of {self.attempts})")
+                time.sleep(5 * attempt)
+
+    def stop(self, clean_up: bool = False) -> None:
+        for attempt in range(1, self.attempts + 1):
+            super().stop(clean_up=clean_up)  # logs and swallows its own errors
+            if not self._check_poc_running():
+                return
+            time.sleep(5 * attempt)
+        raise RuntimeError(f"the PoC services did not stop: run `NVFLARE_POC_WORKSPACE={self.poc_workspace} nvflare poc stop`.")
+
+
+def run(recipe: FedAvgRecipe, sites: list[str], env: str = "sim", workspace: str | None = None, timeout: float = 1800) -> Path:
+    """Run in SimEnv (one process tree) or PocEnv (server, clients, admin as separate processes on
+    loopback); returns the folder that holds the server's result."""
+    workspace = str(Path(workspace or tempfile.mkdtemp(prefix="omnifm_nvflare_ws_")).resolve())
+    with _cwd(recipe.staging_dir):
+        if env == "sim":
+            execution = recipe.run(SimEnv(clients=list(sites), workspace_root=workspace))
+            return Path(execution.get_result())
+        if env != "poc":
+            raise ValueError(f"env must be 'sim' or 'poc', not {env!r}.")
+        poc_workspace = os.path.join(workspace, "poc")
+        previous = os.environ.get("NVFLARE_POC_WORKSPACE")
+        os.environ["NVFLARE_POC_WORKSPACE"] = poc_workspace  # PocEnv reads it (default /tmp/nvflare/poc)
+        poc = _PocEnv(clients=list(sites))
+        try:
+            execution = recipe.run(poc)
+            job_id = execution.get_job_id()
+            downloaded = execution.get_result(timeout=timeout, clean_up=False)
+            if downloaded is None:
+                raise RuntimeError(f"the PoC job {job_id} produced no result (status {execution.get_status()}).")
+            # the download and the sites' logs live in the PoC workspace, which is removed below: keep them
+            result = Path(workspace) / "poc_result" / job_id
+            shutil.copytree(downloaded, result, dirs_exist_ok=True)
+            for site in sites:
+                target = result / "site_logs" / site
+                target.mkdir(parents=True, exist_ok=True)
+                for log in glob.glob(os.path.join(poc_workspace, "**", site, job_id, "*log*.txt"), recursive=True):
+                    shutil.copy(log, target)
+            return result
+        finally:
+            poc.stop(clean_up=True)
+            if previous is None:
+                os.environ.pop("NVFLARE_POC_WORKSPACE", None)
+            else:
+                os.environ["NVFLARE_POC_WORKSPACE"] = previous
+
+
+def round_seconds(result_dir: str | Path) -> list[float]:
+    """Wall time of each round from the server log (round start to the next round's start / the end)."""
+    logs = sorted(glob.glob(str(Path(result_dir) / "**" / "log.txt"), recursive=True), key=lambda p: ("server" not in p, "workspace" not in p))
+    marks, last = [], None
+    for line in Path(logs[0]).read_text().splitlines() if logs else []:
+        stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)", line)
+        if stamp:
+            last = datetime.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        elif last and re.search(r"Round \d+ started\.|Finished FedAvg\.", line):  # banners carry no timestamp
+            marks.append(last)
+    return [round((b - a).total_seconds(), 2) for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def find_result_model(result_dir: str | Path) -> Path:
+    models = sorted(glob.glob(str(Path(result_dir) / "**" / RESULT_MODEL), recursive=True))
+    if not models:
+        raise RuntimeError(f"no {RESULT_MODEL} under {result_dir}: the job did not complete a round.")
+    return Path(models[0])
+
+
+def check_result(result_dir: str | Path, strategy: str, rounds: int, strategy_options: dict | None = None,
+                 bundle: str | None = None, sites: list[str] | None = None) -> dict[str, Any]:
+    """Weights, server state and meta of a finished job, after checking that it really finished: the model
+    exists, its meta is at the last round, its weights are finite, and no error log has content.
+    (NVFlare may exit 0 after a failed job: never trust the exit code alone.)"""
+    errors = [p for p in glob.glob(str(Path(result_dir) / "**" / "error_log.txt"), recursive=True) if Path(p).read_text().strip()]
+    if errors:
+        raise RuntimeError(f"the job logged errors: {errors[0]}:\n{Path(errors[0]).read_text()[:2000]}")
+    path = find_result_model(result_dir)
+    strat = make_strategy(bundle, strategy, sites or [], strategy_options)[0] if bundle else None
+    weights, state, meta = read_global_model(path, strat)
+    if meta.get("current_round") != rounds - 1:
+        raise RuntimeError(f"{path} is at round {meta.get('current_round')}, expected {rounds - 1}: the job stopped early.")
+    if not weights or any(v.is_floating_point() and not torch.isfinite(v).all() for v in weights.values()):
+        raise RuntimeError(f"{path} holds no or non-finite weights.")
+    return {"path": path, "weights": weights, "state": state, "meta": meta}
+
+
+def write_output(result: dict[str, Any], output: str | Path) -> Path:
+    """``global_model.pt`` (shared weights), ``server_state.pt``, ``bank.pt`` (OmniFM) and ``result.json``."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result["weights"], out / "global_model.pt")
+    torch.save(result["state"], out / "server_state.pt")
+    if "bank" in result["state"]:
+        torch.save(result["state"]["bank"], out / "bank.pt")
+    meta = result["meta"]
+    summary = {"source": str(result["path"]), "current_round": meta.get("current_round"),
+               "site_metrics_of_previous_global": meta.get(SITE_METRICS), "rejected": meta.get(REJECTED)}
+    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--strategy", default="omnifm", choices=FEDERATED)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--sites", required=True, help="comma-separated site names (NVFlare client names)")
+    p.add_argument("--reference_dir", default="outputs/reference_sites", help="site data at <reference_dir>/<site> (sim, poc)")
+    p.add_argument("--site_dirs", default=None, help='JSON {"site": "data folder"} instead of --reference_dir')
+    p.add_argument("--env", default="sim", choices=["sim", "poc"])
+    p.add_argument("--export_dir", default=None, help="export the job folder here (production) instead of running it")
+    p.add_argument("--data_from_env", action="store_true", help="put no data paths in the job: sites read OMNIFM_DATASET_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local_epochs", type=int, default=1)
+    p.add_argument("--overrides", default="{}", help='JSON bundle overrides, e.g. {"image_size": 32}')
+    p.add_argument("--strategy_options", default="{}", help='JSON strategy options, e.g. {"mu": 0.01}')
+    p.add_argument("--min_updates", type=int, default=None, help="valid updates a round needs (default 1, as the simulator)")
+    p.add_argument("--send_weight_diff", action="store_true")
+    p.add_argument("--external", action="store_true", help="run each site's script as its own process")
+    p.add_argument("--command", default=None, help="interpreter for --external (default: this Python; exported jobs: python3 -u)")
+    p.add_argument("--workspace", default=None, help="NVFlare workspace root (default: a temporary folder)")
+    p.add_argument("--output", default=None, help="where the global weights go (default: outputs/nvflare_<strategy>)")
+    a = p.parse_args(argv)
+
+    sites = [s for s in a.sites.split(",") if s]
+    site_dirs = None if a.data_from_env else (json.loads(a.site_dirs) if a.site_dirs else {s: str(Path(a.reference_dir) / s) for s in sites})
+    options = json.loads(a.strategy_options)
+    with tempfile.TemporaryDirectory(prefix="omnifm_nvflare_") as staging:  # the job's sources, until it is deployed
+        recipe = build_recipe(a.bundle, a.strategy, sites, a.rounds, site_dirs, a.seed, a.local_epochs, json.loads(a.overrides),
+                              options, a.min_updates, a.send_weight_diff, a.external, staging=staging,
+                              command=a.command or ("python3 -u" if a.export_dir else None))
+        if a.export_dir:
+            print(f"job exported to {export(recipe, a.export_dir)}")
+            return
+        started = time.perf_counter()
+        result_dir = run(recipe, sites, a.env, a.workspace)
+        seconds = time.perf_counter() - started
+    result = check_result(result_dir, a.strategy, a.rounds, options, a.bundle, sites)
+    out = write_output(result, a.output or f"outputs/nvflare_{a.strategy}")
+    print(f"{a.env}: {a.rounds} rounds in {seconds:.1f}s (per round: {round_seconds(result_dir)} s); "
+          f"result {result['path']}; global weights in {out}")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""The NVFlare engine: the aggregator and conversions (fast), and whole jobs in SimEnv and PocEnv (slow) that must
+give the in-process simulator's global weights and OmniFM bank bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import importlib.util
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nvflare", reason="the NVFlare engine needs the `fl` extra: pip install -e '.[fl]'")
+
+from nvflare.apis.fl_context import FLContext  # noqa: E402
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
+from nvflare.app_common.abstract.model import make_model_learnable  # noqa: E402
+from nvflare.app_common.app_constant import AppConstants  # noqa: E402
+from nvflare.app_common.decomposers import numpy_decomposers  # noqa: E402
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils  # noqa: E402
+from nvflare.fuel.utils import fobs  # noqa: E402
+
+from omnifm_monai.fl import simulate  # noqa: E402
+from omnifm_monai.fl.nvflare import (  # noqa: E402
+    PAYLOAD,
+    REJECTED,
+    SITE_METRICS,
+    STATE,
+    StrategyAggregator,
+    decode,
+    encode,
+    flmodel_to_update,
+    initial_checkpoint,
+    make_strategy,
+    network_spec,
+    payload_from_meta,
+    read_global_model,
+    server_meta,
+    state_from_meta,
+    to_numpy,
+    update_to_flmodel,
+)
+from omnifm_monai.fl.strategies import ClientUpdate, aggregate_round, get_strategy  # noqa: E402
+from omnifm_monai.networks.blocks import kmeans_centroids  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = str(ROOT / "bundles" / "omnifm_segmentation")
+SMALL = {"image_size": 32, "batch_size": 8}
+SITES = ["icbm_t1", "icbm_t2w"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"federated_{name}", ROOT / "federated" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+job = _load("job")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g), "n": torch.tensor(seed, dtype=torch.long)}
+
+
+def _received(update: ClientUpdate, metrics=None) -> FLModel:
+    """What the server's aggregator gets: the site's FLModel after NVFlare's transport (NumPy params, client_name)."""
+    model = update_to_flmodel(update, metrics=metrics or {"val_dice": 0.5})
+    model.params = to_numpy(model.params)
+    model.meta["client_name"] = update.site
+    return model
+
+
+def _aggregator(strategy: str, options: dict, weights, meta, sites=("a", "b", "c")) -> StrategyAggregator:
+    agg = StrategyAggregator(strategy, options, min_updates=1, sites=list(sites))
+    agg.fl_ctx = FLContext()
+    agg.fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable(to_numpy(weights), meta), private=True, sticky=True)
+    return agg
+
+
+def _same(a, b) -> bool:
+    """Equal nested containers of tensors: same keys in the same order, same dtypes, same values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _extras(strategy: str, site: int, weights) -> dict:
+    g = torch.Generator().manual_seed(100 + site)
+    if strategy == "scaffold":
+        return {"control_delta": {k: torch.randn(v.shape, generator=g) for k, v in weights.items() if v.is_floating_point()}}
+    if strategy == "omnifm":
+        keys = kmeans_centroids(torch.randn(30, 8, generator=g), 4)
+        return {"bank_keys": keys, "modality": ["T1", "T2"][site % 2], "bank_hits": torch.arange(3, dtype=torch.float32)}
+    if strategy == "feddg":
+        return {"amplitudes": torch.rand(2, 1, 8, 8, generator=g)}
+    return {}
+
+
+OPTIONS = {"fedavg": {}, "fedadam": {"server_lr": 0.1}, "scaffold": {"num_sites": 3},
+           "omnifm": {"sites": ["a", "b", "c"], "embed_dim": 8, "capacity": 10, "modalities": ["T1", "T2"]}, "feddg": {}}
+
+
+# ------------------------------------------------------------------------------------------ fast
+@pytest.mark.parametrize("strategy", sorted(OPTIONS))
+def test_aggregator_gives_aggregate_round_over_rounds(strategy):
+    """Two rounds through the aggregator (state carried only by the model's meta, updates arriving in reverse order)
+    equal two direct ``aggregate_round`` calls in site order, bit for bit."""
+    options = OPTIONS[strategy]
+    reference = get_strategy(strategy, **copy.deepcopy(options))
+    weights = _weights(0)
+    state = reference.init_state(weights)
+    meta = server_meta(reference, state)
+    nv_weights, nv_meta = weights, meta
+    for rnd in range(2):
+        updates = [ClientUpdate(s, {k: v + (i + 1) * (rnd + 1) if v.is_floating_point() else v + i for k, v in _weights(10 * rnd + i).items()},
+                                num_samples=5 * (i + 1), weight_type="diff" if i == 1 else "full", extra=_extras(strategy, i, weights))
+                   for i, s in enumerate(["a", "b", "c"])]
+        weights, state, _ = aggregate_round(reference, weights, updates, state)
+        agg = _aggregator(strategy, options, nv_weights, nv_meta)
+        for u in reversed(updates):
+            agg.accept_model(_received(u, {"val_dice": 0.1 * (updates.index(u) + 1)}))
+        out = agg.aggregate_model()
+        assert out.params_type == ParamsType.FULL
+        nv_weights, nv_meta = {k: torch.as_tensor(v) for k, v in out.params.items()}, out.meta
+        assert set(nv_weights) == set(weights)
+        for k in weights:
+            assert nv_weights[k].dtype == weights[k].dtype and torch.equal(nv_weights[k], weights[k]), (strategy, rnd, k)
+        nv_state = state_from_meta(nv_meta, reference, nv_weights)
+        assert set(nv_state) == set(state)
+        assert _same(nv_state, state), (strategy, rnd)
+        assert nv_meta[SITE_METRICS] == {"a": {"val_dice": 0.1}, "b": {"val_dice": 0.2}, "c": {"val_dice": pytest.approx(0.3)}}
+        assert out.metrics["val_dice"] == pytest.approx((5 * 0.1 + 10 * 0.2 + 15 * 0.3) / 30)
+
+
+def test_a_nan_update_is_rejected_and_the_rest_aggregated(caplog):
+    weights = _weights(0)
+    strategy = get_strategy("fedavg")
+    good = [ClientUpdate(s, _weights(i + 1), 10) for i, s in enumerate(["a", "b"])]
+    bad = ClientUpdate("c", {**_weights(3), "w": torch.full((3, 4), float("nan"))}, 10)
+    agg = _aggregator("fedavg", {}, weights, server_meta(strategy, {}))
+    with caplog.at_level(logging.WARNING):
+        for u in [*good, bad]:
+            agg.accept_model(_received(u))
+        out = agg.aggregate_model()
+    expected, _, _ = aggregate_round(strategy, weights, good, {})
+    assert all(torch.equal(torch.as_tensor(out.params[k]), expected[k]) for k in expected)
+    assert set(out.meta[REJECTED]) == {"c"} and "NaN" in out.meta[REJECTED]["c"]
+    assert "c" in caplog.text
+    # fewer valid updates than required fails the round (NVFlare keeps the last saved model)
+    agg = _aggregator("fedavg", {}, weights, server_meta(strategy, {}))
+    agg.min_updates = 2
+    for u in [good[0], bad]:
+        agg.accept_model(_received(u))
+    with pytest.raises(RuntimeError, match="valid updates"):
+        agg.aggregate_model()
+
+
+def test_payload_round_trip_through_nvflare_serialisation_is_lossless():
+    strategy = get_strategy("omnifm", **OPTIONS["omnifm"])
+    weights = _weights(0)
+    state = strategy.init_state(weights)
+    updates = [ClientUpdate(s, weights, 5, extra=_extras("omnifm", i, weights)) for i, s in enumerate(["a", "b", "c"])]
+    _, state = strategy.aggregate(weights, updates, state)
+    bank = state["bank"]
+    assert len(bank["keys"]) > 0 and {v.dtype for v in bank.values()} >= {torch.float32, torch.int64}
+    model = FLModel(params=to_numpy(weights), params_type=ParamsType.FULL, meta=server_meta(strategy, state), current_round=3)
+    numpy_decomposers.register()  # as every NVFlare process does at start-up
+    # what NVFlare does to a task: FLModel -> Shareable -> FOBS bytes -> Shareable -> FLModel
+    shareable = fobs.loads(fobs.dumps(FLModelUtils.to_shareable(model)))
+    received = FLModelUtils.from_shareable(shareable)
+    payload = payload_from_meta(received.meta, strategy, weights)
+    assert set(payload) == {"bank"}
+    for k, v in bank.items():
+        assert payload["bank"][k].dtype == v.dtype and torch.equal(payload["bank"][k], v), k
+    # the extras of an update survive the same way back
+    update = updates[0]
+    back = flmodel_to_update(FLModelUtils.from_shareable(fobs.loads(fobs.dumps(FLModelUtils.to_shareable(_received(update))))))
+    assert back.site == "a" and back.num_samples == 5 and back.weight_type == "full"
+    assert torch.equal(back.extra["bank_keys"], update.extra["bank_keys"]) and back.extra["modality"] == "T1"
+    assert all(torch.equal(back.weights[k], v) for k, v in weights.items())
+    # a view is stored as its values, not its whole storage
+    big = torch.zeros(10_000)
+    assert len(encode({"x": big[:2]})) < len(encode({"x": big})) // 10
+    assert decode(None) == {}
+
+
+def test_server_state_is_not_sent_twice_and_survives_in_meta():
+    scaffold = get_strategy("scaffold", num_sites=2)
+    state = scaffold.init_state(_weights(0))
+    meta = server_meta(scaffold, state)
+    assert decode(meta[STATE]) == {}  # the controls are the payload
+    adam = get_strategy("fedadam")
+    state = adam.init_state(_weights(0))
+    meta = server_meta(adam, state)
+    assert decode(meta[PAYLOAD]) == {} and set(decode(meta[STATE])) == {"m", "v"}
+    with pytest.raises(ValueError, match="fedadam"):
+        state_from_meta(meta, scaffold, _weights(0))
+
+
+def test_initial_checkpoint_is_the_simulators_start_and_loads_weights_only(tmp_path):
+    strategy, options = make_strategy(BUNDLE, "omnifm", SITES)
+    assert options["sites"] == SITES and "MR T1w" in options["modalities"]
+    assert make_strategy(BUNDLE, "scaffold", SITES)[1] == {"num_sites": 2}
+    path = initial_checkpoint(tmp_path / "init.pt", BUNDLE, strategy, SMALL, seed=0)
+    data = torch.load(path, weights_only=True)  # as NVFlare's persistor loads it
+    weights, state, _ = read_global_model(path, strategy)
+    assert not any(k.startswith("bank.") or "private_" in k for k in weights)
+    assert len(state["bank"]["keys"]) == 0
+    assert set(data["model"]) == set(weights)
+    # the server builds the model named by the recipe from plain arguments; its shared keys match
+    spec = network_spec(BUNDLE, strategy, SMALL)
+    json.dumps(spec)
+    module, name = spec["class_path"].rsplit(".", 1)
+    net = getattr(importlib.import_module(module), name)(**spec["args"])
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert all(shapes[k] == tuple(v.shape) for k, v in weights.items())
+
+
+def test_exported_job_carries_no_site_paths_and_names_the_aggregator(tmp_path):
+    recipe = job.build_recipe(BUNDLE, "fedprox", SITES, rounds=3, overrides=SMALL, strategy_options={"mu": 0.1},
+                              staging=str(tmp_path / "src"))
+    folder = job.export(recipe, str(tmp_path / "jobs"))
+    server = json.loads((folder / "app_server" / "config" / "config_fed_server.json").read_text())
+    text = json.dumps(server)
+    assert "omnifm_monai.fl.nvflare.StrategyAggregator" in text and '"mu": 0.1' in text
+    assert (folder / "app_server" / "custom" / job.INITIAL_CKPT).is_file()
+    for site in SITES:
+        app = folder / f"app_{site}"
+        custom = app / "custom"
+        assert (custom / "client.py").is_file() and (custom / "omnifm_segmentation" / "configs" / "train.json").is_file()
+        assert json.loads((custom / job.JOB_CONFIG).read_text())["strategy_options"] == {"mu": 0.1}
+        client = (app / "config" / "config_fed_client.json").read_text()
+        assert "--dataset_dir" not in client and f"--site_index {SITES.index(site)}" in client
+    with pytest.raises(ValueError, match="not a federated round"):
+        job.build_recipe(BUNDLE, "centralized", SITES, staging=str(tmp_path / "c"))
+
+
+def test_client_arguments_come_from_the_job_config_and_the_command_line(tmp_path):
+    client = _load("client")
+    config = tmp_path / "omnifm_job.json"
+    config.write_text(json.dumps({"bundle": "b", "strategy": "fedprox", "strategy_options": {"mu": 0.5}, "seed": 3}))
+    args = client.parse_args(["--job_config", str(config), "--seed", "7", "--overrides", '{"image_size": 32}', "--site_index", "1"])
+    assert (args.bundle, args.strategy, args.strategy_options, args.seed, args.overrides, args.site_index, args.local_epochs) == \
+        ("b", "fedprox", {"mu": 0.5}, 7, {"image_size": 32}, 1, 1)
+
+
+def test_poc_submission_and_stop_are_retried(monkeypatch):
+    """PocEnv waits a fixed 3 s for its services; a server not ready yet fails the admin login (seen on loaded
+    machines): the submission and the stop are retried instead of failing the job or leaving services running."""
+    calls = {"deploy": 0, "stop": 0}
+
+    def deploy(self, job_):
+        calls["deploy"] += 1
+        if calls["deploy"] == 1:
+            raise TypeError("'None' is not an instance of 'bytes'")
+        return "job-id"
+
+    running = iter([True, False])
+    monkeypatch.setattr(job.PocEnv, "deploy", deploy)
+    monkeypatch.setattr(job.PocEnv, "stop", lambda self, clean_up=False: calls.__setitem__("stop", calls["stop"] + 1))
+    monkeypatch.setattr(job.PocEnv, "_check_poc_running", lambda self: next(running))
+    monkeypatch.setattr(job.time, "sleep", lambda seconds: None)
+    env = job._PocEnv(clients=SITES)
+    assert env.deploy(object()) == "job-id" and calls["deploy"] == 2
+    env.stop(clean_up=True)
+    assert calls["stop"] == 2
+
+
+# ------------------------------------------------------------------------------------------ slow: whole jobs
+def _simulate(tmp, sites_root, strategy, rounds):
+    simulate(BUNDLE, strategy, rounds=rounds, output=str(tmp), sites={s: str(sites_root / s) for s in SITES}, overrides=SMALL, test=False)
+    with open(tmp / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return torch.load(tmp / "checkpoint.pt", weights_only=True), rows
+
+
+def _assert_same_as_simulator(result, checkpoint, rows, strategy):
+    expected = checkpoint["global_weights"]
+    assert set(result["weights"]) == set(expected)
+    unequal = [k for k in expected if not torch.equal(result["weights"][k], expected[k])]
+    assert not unequal, f"{len(unequal)} tensors differ from the simulator's, e.g. {unequal[:3]}"
+    if strategy == "omnifm":
+        bank, sim_bank = result["state"]["bank"], checkpoint["server_state"]["bank"]
+        assert len(bank["keys"]) > 0 and all(torch.equal(bank[k], sim_bank[k]) for k in sim_bank)
+    # the metrics sent with the last round's updates evaluate the previous global model: the simulator's rows
+    last = result["meta"]["current_round"]
+    reported = result["meta"][SITE_METRICS]
+    assert set(reported) == set(SITES)
+    for r in rows:
+        if r["split"] == "validation" and int(r["round"]) == last - 1:
+            assert math.isclose(reported[r["site"]][r["metric"]], float(r["value"]), rel_tol=0, abs_tol=0), r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fedavg", "omnifm"])
+def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy):
+    checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, strategy, rounds=2)
+    recipe = job.build_recipe(BUNDLE, strategy, SITES, rounds=2, site_dirs={s: str(reference_sites / s) for s in SITES},
+                              overrides=SMALL, staging=str(tmp_path / "src"))
+    result_dir = job.run(recipe, SITES, "sim", workspace=str(tmp_path / "ws"))
+    result = job.check_result(result_dir, strategy, rounds=2, bundle=BUNDLE, sites=SITES)
+    _assert_same_as_simulator(result, checkpoint, rows, strategy)
+    sim_seconds = [float(r["value"]) for r in rows if r["metric"] == "seconds"]
+    print(f"\n{strategy}: seconds per round, SimEnv {job.round_seconds(result_dir)} vs simulator {[round(s, 2) for s in sim_seconds]}")
+    out = job.write_output(result, tmp_path / "out")
+    assert torch.equal(torch.load(out / "global_model.pt", weights_only=True)[next(iter(result["weights"]))], next(iter(result["weights"].values())))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("OMNIFM_RUN_POC") != "1",
+    reason="starts NVFlare's server and clients as separate processes on loopback (about 80 s; its fixed start-up "
+    "waits are sensitive to machine load): run with OMNIFM_RUN_POC=1",
+)
+def test_pocenv_job_with_separate_processes(reference_sites, tmp_path):
+    checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, "fedavg", rounds=1)
+    recipe = job.build_recipe(BUNDLE, "fedavg", SITES, rounds=1, site_dirs={s: str(reference_sites / s) for s in SITES},
+                              overrides=SMALL, staging=str(tmp_path / "src"))
+    result_dir = job.run(recipe, SITES, "poc", workspace=str(tmp_path / "ws"), timeout=600)
+    result = job.check_result(result_dir, "fedavg", rounds=1, bundle=BUNDLE, sites=SITES)
+    assert {p.parent.name for p in Path(result_dir).glob("site_logs/*/log.txt")} == set(SITES)
+    _assert_same_as_simulator(result, checkpoint, rows, "fedavg")
