@@ -23,7 +23,7 @@ SCHEMA = BUNDLES_DIR / "metadata_schema.json"
 SPECS = {
     "omnifm_segmentation": dict(task="segmentation", site="icbm_t1", key_metric="val_mean_dice", output="nifti", postfix="seg"),
     "omnifm_classification": dict(task="classification", site="icbm_t1", key_metric="val_accuracy", output="json", postfix="level"),
-    "omnifm_super_resolution": dict(task="super_resolution", site="icbm_t1", key_metric="val_ssim", output="nifti", postfix="sr"),
+    "omnifm_super_resolution": dict(task="super_resolution", site="icbm_t1", key_metric="val_ssim", output="nifti", postfix="sr"),  # PSNR is unbounded
     # two inputs (image, question): MONAI's ckpt_export traces a single input, so the VQA network is not exported
     "omnifm_vqa": dict(task="vqa", site="icbm_t1", key_metric="val_accuracy", output="json", postfix="answer", export=False,
                        forward_args={"extra_forward_args": {"question": torch.randint(1, 20, (1, 24))}}),
