@@ -5,8 +5,9 @@
 For 2, 4 and 8 sites of the segmentation bundle (sites beyond the five MR reference sites reuse their
 data under new names), the same FedAvg job runs in the in-process simulator and in NVFlare's SimEnv.
 
-* simulator overhead = round wall time - local training - evaluation, as a share of the round (what the
-  engine adds: loading and packaging weights, aggregation, metrics, the checkpoint);
+* simulator overhead = round wall time - the trainers' and evaluators' own run times (ignite's
+  ``state.times``), as a share of the round: what the engine adds (loading and packaging weights, the
+  strategy's client work outside the trainer, aggregation, metrics, the checkpoint);
 * NVFlare overhead = NVFlare's round wall time - the simulator's training + evaluation time for the same
   round (the same seeds, data and compute; NVFlare runs sites in parallel threads, so this is a lower bound
   on what its machinery adds);
@@ -20,8 +21,10 @@ The last two lines read ``simulator overhead: P%`` (the largest over the site co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -59,6 +62,26 @@ def simulator_costs(out: Path) -> dict[str, list[float]]:
     }
 
 
+@contextlib.contextmanager
+def quiet(log: Path):
+    """Send this process's (and its children's) stdout / stderr to ``log``: only the tables reach the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[2, 4, 8])
@@ -75,14 +98,15 @@ def main() -> None:
     reference = Path(args.reference_dir)
     overrides = {"image_size": args.image_size, "batch_size": 8}
     work = Path(tempfile.mkdtemp(prefix="fl_overhead_"))
-    print(f"segmentation bundle, {args.rounds} rounds, 1 local epoch, {args.image_size}x{args.image_size}, work dir {work}")
+    print(f"segmentation bundle, {args.rounds} rounds, 1 local epoch, {args.image_size}x{args.image_size}, logs in {work / 'log.txt'}")
     print("| sites | engine | round s (mean) | train+eval s | overhead s | overhead % |")
     print("|---|---|---|---|---|---|")
     worst, upload = 0.0, {}
     for n in args.sites:
         dirs = site_dirs(reference, n)
         out = work / f"sim_fedavg_{n}"
-        simulate(str(BUNDLE), "fedavg", rounds=args.rounds, output=str(out), sites=dirs, overrides=overrides, test=False)
+        with quiet(work / "log.txt"):
+            simulate(str(BUNDLE), "fedavg", rounds=args.rounds, output=str(out), sites=dirs, overrides=overrides, test=False)
         sim = simulator_costs(out)
         overhead = [s - c for s, c in zip(sim["seconds"], sim["compute"], strict=True)]
         share = 100 * sum(overhead) / sum(sim["seconds"])
@@ -96,14 +120,16 @@ def main() -> None:
 
         recipe = nvflare_job.build_recipe(str(BUNDLE), "fedavg", list(dirs), rounds=args.rounds, site_dirs=dirs,
                                           overrides=overrides, staging=str(work / f"staging_{n}"))
-        result = nvflare_job.run(recipe, list(dirs), env="sim", workspace=str(work / f"nvflare_{n}"))
+        with quiet(work / "log.txt"):
+            result = nvflare_job.run(recipe, list(dirs), env="sim", workspace=str(work / f"nvflare_{n}"))
         nvflare_job.check_result(result, "fedavg", args.rounds)
         rounds = nvflare_job.round_seconds(result)
         extra = [r - c for r, c in zip(rounds, sim["compute"], strict=False)]
         print(f"| {n} | NVFlare SimEnv | {statistics.mean(rounds):.2f} | {statistics.mean(sim['compute']):.2f} (simulator) | "
               f"{statistics.mean(extra):.3f} | {100 * sum(extra) / sum(rounds):.2f} |", flush=True)
     out = work / "sim_omnifm_2"
-    simulate(str(BUNDLE), "omnifm", rounds=args.rounds, output=str(out), sites=site_dirs(reference, 2), overrides=overrides, test=False)
+    with quiet(work / "log.txt"):
+        simulate(str(BUNDLE), "omnifm", rounds=args.rounds, output=str(out), sites=site_dirs(reference, 2), overrides=overrides, test=False)
     upload["omnifm"] = simulator_costs(out)["upload"][-1]
     print()
     print("| strategy | upload per site per round (bytes) |")

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import nvflare.client as flare
+import torch
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.utils import set_determinism
 
@@ -74,6 +75,10 @@ def resolve_bundle(bundle: str) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # sites that share one machine (SimEnv, PoC) would each start a thread per core and oversubscribe it
+    threads = int(os.environ.get("OMNIFM_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
     flare.init()
     site = flare.get_site_name()
     dataset_dir = args.dataset_dir or os.environ.get(DATASET_ENV)

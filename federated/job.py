@@ -188,6 +188,8 @@ def run(recipe: FedAvgRecipe, sites: list[str], env: str = "sim", workspace: str
     """Run in SimEnv (one process tree) or PocEnv (server, clients, admin as separate processes on
     loopback); returns the folder that holds the server's result."""
     workspace = str(Path(workspace or tempfile.mkdtemp(prefix="omnifm_nvflare_ws_")).resolve())
+    # every site runs on this machine: share its cores instead of each site using all of them
+    os.environ.setdefault("OMNIFM_THREADS", str(max(1, (os.cpu_count() or 1) // len(sites))))
     with _cwd(recipe.staging_dir):
         if env == "sim":
             execution = recipe.run(SimEnv(clients=list(sites), workspace_root=workspace))

@@ -276,10 +276,10 @@ def simulate(
             try:
                 updates.append(client_round(client, global_weights, payload, seed, rnd, i))
                 cost.append((rnd, name, "round", "upload_bytes", float(update_bytes(updates[-1]))))
+                train_seconds += client.trainer.state.times.get("COMPLETED") or 0.0  # the trainer's own run time
             except Exception as err:  # a site failing mid-round drops out of this round only
                 logger.exception("site %s failed in round %d", name, rnd)
                 failed[name] = repr(err)
-            train_seconds += time.perf_counter() - tick
             logger.info("round %d/%d | site %s trained in %.1fs", rnd + 1, rounds, name, time.perf_counter() - tick)
         if not updates:
             raise RuntimeError(f"every site failed in round {rnd + 1}: {failed}")
@@ -288,13 +288,13 @@ def simulate(
         else:
             new_global, server_state, rejected = aggregate_round(strategy, global_weights, updates, server_state, min_sites)
         global_weights = new_global
-        rows, tick = [], time.perf_counter()
+        rows, eval_seconds = [], 0.0
         evaluation = ExchangeObject(weights=global_weights)
         evaluation[EXTRA_KEY] = strategy.server_payload(server_state)  # e.g. the merged bank
         for name, client in clients.items():
             metrics = client.evaluate(evaluation).metrics
+            eval_seconds += client.evaluator.state.times.get("COMPLETED") or 0.0
             rows += [(rnd, name, "validation", k, v) for k, v in metrics.items()]
-        eval_seconds = time.perf_counter() - tick
         rows += cost + [
             (rnd, "server", "round", "train_seconds", train_seconds),
             (rnd, "server", "round", "eval_seconds", eval_seconds),
