@@ -135,7 +135,8 @@ def test_verify_metadata_and_net_in_out(trained):
     cfg = BUNDLES_DIR / name / "configs"
     verify_metadata(meta_file=str(cfg / "metadata.json"), filepath=str(SCHEMA))
     verify_net_in_out(net_id="network_def", meta_file=str(cfg / "metadata.json"), config_file=str(cfg / "train.json"),
-                      bundle_root=overrides["bundle_root"], **SPECS[name].get("forward_args", {}))
+                      bundle_root=overrides["bundle_root"], dataset_dir=overrides["dataset_dir"],  # VQA sizes come from the data
+                      **SPECS[name].get("forward_args", {}))
 
 
 def test_export_torchscript_matches_the_checkpoint(trained, tmp_path):
@@ -147,7 +148,8 @@ def test_export_torchscript_matches_the_checkpoint(trained, tmp_path):
     ckpt = Path(overrides["ckpt_dir"]) / "model.pt"
     ckpt_export(
         net_id="network_def", filepath=str(target), ckpt_file=str(ckpt), meta_file=str(cfg / "metadata.json"),
-        config_file=str(cfg / "train.json"), bundle_root=overrides["bundle_root"], use_trace=True, input_shape=[1, 1, 128, 128],
+        config_file=str(cfg / "train.json"), bundle_root=overrides["bundle_root"], dataset_dir=overrides["dataset_dir"],
+        use_trace=True, input_shape=[1, 1, 128, 128],
     )
     exported = torch.jit.load(str(target))
     workflow = _workflow(name, ["train.json"], "train", overrides)

@@ -305,7 +305,9 @@ def _assert_same_as_simulator(result, checkpoint, rows, strategy):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fedavg", "omnifm"])
-def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy):
+def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy, monkeypatch):
+    # bit-equality needs the same float summation order: the sites use as many threads as the simulator
+    monkeypatch.setenv("OMNIFM_THREADS", str(torch.get_num_threads()))
     checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, strategy, rounds=2)
     recipe = job.build_recipe(BUNDLE, strategy, SITES, rounds=2, site_dirs={s: str(reference_sites / s) for s in SITES},
                               overrides=SMALL, staging=str(tmp_path / "src"))
