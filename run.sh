@@ -32,11 +32,11 @@ case "${1:-}" in
         SITES=outputs/reference_sites
         [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES"
         # federated OmniFM segmentation across the MR reference sites (real T1 x2, simulated T2w/PDw/FLAIR);
-        # resumes if interrupted; metrics, TensorBoard and the global model land in $OUT
+        # resumes if interrupted; prints each site's test metrics; metrics.csv, TensorBoard, the global
+        # model and the bank land in $OUT (or in --output DIR)
         OUT=outputs/fl_omnifm_segmentation
         "$PY" -m omnifm_monai.fl simulate --bundle bundles/omnifm_segmentation --strategy omnifm \
             --rounds 10 --reference_dir "$SITES" --output "$OUT" "$@"
-        echo "per-site test metrics: $OUT/test_metrics.json"; cat "$OUT/test_metrics.json"
         ;;
     test)
         setup
