@@ -326,7 +326,8 @@ def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy, mo
     reason="starts NVFlare's server and clients as separate processes on loopback (about 80 s; its fixed start-up "
     "waits are sensitive to machine load): run with OMNIFM_RUN_POC=1",
 )
-def test_pocenv_job_with_separate_processes(reference_sites, tmp_path):
+def test_pocenv_job_with_separate_processes(reference_sites, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIFM_THREADS", str(torch.get_num_threads()))  # the simulator's float summation order
     checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, "fedavg", rounds=1)
     recipe = job.build_recipe(BUNDLE, "fedavg", SITES, rounds=1, site_dirs={s: str(reference_sites / s) for s in SITES},
                               overrides=SMALL, staging=str(tmp_path / "src"))
