@@ -38,7 +38,7 @@ def build(task: str, omnifm: bool, size: int, batch: int):
     if task == "segmentation":
         return OmniFMUNet(2, 1, 3, **flags), (x,), torch.randint(0, 3, (batch, size, size)), torch.nn.CrossEntropyLoss()
     if task == "super_resolution":
-        return OmniFMUNet(2, 1, 1, **flags), (x,), x.clone(), torch.nn.L1Loss()
+        return OmniFMUNet(2, 1, 1, norm=None, residual=True, **flags), (x,), x.clone(), torch.nn.L1Loss()  # as the bundle
     question = torch.randint(1, 200, (batch, 12))
     return OmniFMVQA(2, 1, 200, 30, **flags), (x, question), torch.randint(0, 30, (batch,)), torch.nn.CrossEntropyLoss()
 

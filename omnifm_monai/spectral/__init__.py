@@ -3,6 +3,7 @@
 from .fft import (
     SPECTRAL_NORM,
     amplitude_phase,
+    check_beta,
     fft_centered,
     ifft_centered,
     log_amplitude,
@@ -15,6 +16,7 @@ from .fft import (
 __all__ = [
     "SPECTRAL_NORM",
     "amplitude_phase",
+    "check_beta",
     "fft_centered",
     "ifft_centered",
     "log_amplitude",

@@ -29,6 +29,7 @@ __all__ = [
     "fft_centered",
     "ifft_centered",
     "amplitude_phase",
+    "check_beta",
     "merge_amplitude_phase",
     "log_amplitude",
     "low_pass_half_width",
@@ -94,11 +95,16 @@ def log_amplitude(x: NdarrayOrTensor, spatial_dims: int) -> NdarrayOrTensor:
     return convert_to_dst_type(out, x, dtype=dtype)[0]
 
 
-def low_pass_half_width(spatial_shape: tuple[int, ...], beta: float) -> int:
-    """Half-width ``b = max(1, floor(beta * min(spatial_shape)))`` of the low-pass window."""
+def check_beta(beta: float) -> float:
+    """``beta`` as a float, after checking the low-pass ratio rule ``0 < beta <= 0.5``."""
     if not 0.0 < beta <= 0.5:
         raise ValueError(f"beta must be in (0, 0.5], got {beta}.")
-    return max(1, math.floor(beta * min(spatial_shape)))
+    return float(beta)
+
+
+def low_pass_half_width(spatial_shape: tuple[int, ...], beta: float) -> int:
+    """Half-width ``b = max(1, floor(beta * min(spatial_shape)))`` of the low-pass window."""
+    return max(1, math.floor(check_beta(beta) * min(spatial_shape)))
 
 
 def low_pass_slices(spatial_shape: tuple[int, ...], beta: float) -> tuple[slice, ...]:

@@ -25,6 +25,7 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 
 from omnifm_monai.spectral import (
     amplitude_phase,
+    check_beta,
     fft_centered,
     ifft_centered,
     log_amplitude,
@@ -55,12 +56,6 @@ def _float_tensor(img: NdarrayOrTensor) -> torch.Tensor:
 def _like(out: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
     """``out`` with the container type of ``img`` (numpy / tensor / MetaTensor with ``img``'s metadata)."""
     return convert_to_dst_type(out, img, dtype=out.dtype)[0]
-
-
-def _check_beta(beta: float) -> float:
-    if not 0.0 < beta <= 0.5:
-        raise ValueError(f"beta must be in (0, 0.5], got {beta}.")
-    return float(beta)
 
 
 def _check_unit(name: str, value: float) -> float:
@@ -114,7 +109,7 @@ class LowFrequencyLogAmplitude(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, beta: float = 0.1) -> None:
-        self.beta = _check_beta(beta)
+        self.beta = check_beta(beta)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         x = _float_tensor(img)
@@ -136,7 +131,7 @@ class AmplitudeMix(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, beta: float = 0.01, ratio: float = 1.0) -> None:
-        self.beta = _check_beta(beta)
+        self.beta = check_beta(beta)
         self.ratio = _check_unit("ratio", ratio)
 
     def __call__(
@@ -241,7 +236,7 @@ class AmplitudeNormalize(Transform):
     ) -> None:
         self.reference_amplitude = reference_amplitude
         self.strength = _check_unit("strength", strength)
-        self.beta = None if beta is None else _check_beta(beta)
+        self.beta = None if beta is None else check_beta(beta)
 
     def __call__(
         self, img: NdarrayOrTensor, reference_amplitude: NdarrayOrTensor | None = None

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
-from omnifm_monai.spectral import log_amplitude, low_pass_slices
+from omnifm_monai.spectral import check_beta, log_amplitude, low_pass_slices
 
 __all__ = ["SpectralTokenizer"]
 
@@ -49,7 +49,7 @@ class SpectralTokenizer(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if grid_size % patch_size:
             raise ValueError(f"grid_size ({grid_size}) must be divisible by patch_size ({patch_size}).")
-        self.spatial_dims, self.beta, self.grid_size = spatial_dims, beta, grid_size
+        self.spatial_dims, self.beta, self.grid_size = spatial_dims, check_beta(beta), grid_size
         self.filter = nn.Parameter(torch.ones(in_channels, *([grid_size] * spatial_dims)))
         self.mix = Conv[Conv.CONV, spatial_dims](in_channels, hidden_channels, kernel_size=1)
         self.act = nn.GELU()
