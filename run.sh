@@ -12,7 +12,7 @@ setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
     # torch first, pinned: an unpinned torch pulled in by MONAI would resolve to a multi-GB CUDA build
     "$PY" -m pip install -q torch==2.13.0
-    "$PY" -m pip install -q -e ".[test,fl]"
+    "$PY" -m pip install -q -e ".[test,fl,bench]"
 }
 
 debian_data() {

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
 
     # the network as the simulator builds it (same seed -> the same private state at the start)
     set_determinism(args.seed)
-    network = build_network(Path(bundle), overrides)
+    network = build_network(Path(bundle), {"dataset_dir": dataset_dir, **overrides})
     client = OmniFMClientAlgo(bundle, strategy, site=site, dataset_dir=dataset_dir, local_epochs=args.local_epochs,
                               send_weight_diff=args.send_weight_diff, workdir=args.workdir or os.path.abspath("omnifm_work"),
                               train_kwargs=overrides, network=network)

@@ -6,6 +6,9 @@ What is real and what is not:
 - ``colin_t1``: real Colin27 T1 (Debian ``mricron-data``); GM/WM labels by 3-class k-means (algorithmic).
 - ``icbm_t2w`` / ``icbm_pdw`` / ``icbm_flair``: **simulated contrast** from the real ICBM tissue maps
   (spin-echo / inversion-recovery signal equations, Rician noise, bias field); labels = ``icbm_t1``'s.
+- ``t1_scanner_a`` / ``t1_scanner_b`` / ``t1_scanner_c``: the real ICBM (a, b) or Colin27 (c) T1 seen through
+  a **simulated scanner**: smooth bias field, contrast curve (gamma), point-spread blur and Rician noise of
+  its own (:data:`SCANNERS`); labels = the source volume's. They make the intra-modality scenario.
 - ``head_ct``: real head CT (Debian ``invesalius-examples``); bone and brain masks from HU thresholds.
 - ``epi_t2star`` (nibabel) / ``dwi_b0`` (dipy): real EPI and b0 volumes, super-resolution only.
 
@@ -37,7 +40,7 @@ from scipy import ndimage as ndi
 
 from omnifm_monai.transforms.text import build_vocabulary
 
-__all__ = ["LEVELS", "SITES", "TASKS", "VQA_ANSWERS", "build_reference_sites"]
+__all__ = ["LEVELS", "SCANNERS", "SITES", "TASKS", "VQA_ANSWERS", "build_reference_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ SITES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "icbm_t2w": ("MR T2w", "mri t2", _ALL),
     "icbm_pdw": ("MR PDw", "mri pd", _ALL),
     "icbm_flair": ("MR FLAIR", "mri flair", _ALL),
+    "t1_scanner_a": ("MR T1w", "mri t1", _ALL),
+    "t1_scanner_b": ("MR T1w", "mri t1", _ALL),
+    "t1_scanner_c": ("MR T1w", "mri t1", _ALL),
     "head_ct": ("CT", "ct", ("classification", "super_resolution", "vqa")),
     "epi_t2star": ("MR T2*w EPI", None, _SR),
     "dwi_b0": ("MR DWI b0", None, _SR),
@@ -82,6 +88,12 @@ SEQUENCES = {
     "icbm_t2w": (3300.0, 120.0, 0.0),
     "icbm_pdw": (3300.0, 35.0, 0.0),
     "icbm_flair": (9000.0, 120.0, None),
+}
+# simulated T1 scanners: (source site, bias field strength, gamma, blur FWHM in voxels (x, y, z), noise)
+SCANNERS = {
+    "t1_scanner_a": ("icbm_t1", 0.35, 0.7, (1.0, 1.0, 1.0), 0.02),  # strong coil bias, flat contrast, clean
+    "t1_scanner_b": ("icbm_t1", 0.10, 1.5, (2.0, 2.0, 4.0), 0.06),  # steep contrast, thick slices, noisy
+    "t1_scanner_c": ("colin_t1", 0.20, 1.2, (1.5, 1.5, 2.5), 0.04),  # another head, moderate everything
 }
 CT_BONE_HU = 300.0  # cortical/cancellous bone; InVesalius' own bone preset starts at 226 HU
 VISIBLE_FRACTION = 0.005  # a tissue is "visible" when it covers >= 0.5 % of the slice
@@ -227,17 +239,34 @@ def _simulate(t1: _Volume, site: str, seed: int, noise: float) -> _Volume:
         recovery = 1 - np.exp(-tr / t1_t) if not ti else abs(1 - 2 * np.exp(-ti / t1_t) + np.exp(-tr / t1_t))
         signal += prob * pd * recovery * np.exp(-te / t2_t)
     rng = _rng(seed, site)
-    coords = np.meshgrid(
-        *(np.linspace(-1, 1, n, dtype=np.float32) for n in signal.shape), indexing="ij", sparse=True
-    )
-    log_bias = sum(c * rng.uniform(-0.1, 0.1) + c * c * rng.uniform(-0.1, 0.1) for c in coords)
-    signal *= np.exp(log_bias)  # smooth multiplicative field, about +-20 % across the head
-    sigma = noise * np.percentile(signal[signal > 0], 99.5)  # noise relative to the brightest tissue
-    signal = np.hypot(signal + rng.normal(0, sigma, signal.shape), rng.normal(0, sigma, signal.shape))
+    signal *= _bias_field(signal.shape, 0.1, rng)  # about +-20 % across the head
+    signal = _rician(signal, noise, rng)
     source = "nilearn:" + _ICBM.format("{gm,wm,t1}")
     return replace(
         t1, image=_rescale(signal.astype(np.float32)), source=source, image_kind="simulated-contrast"
     )
+
+
+def _bias_field(shape: Sequence[int], strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative field exp(sum of random linear and quadratic terms per axis)."""
+    coords = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
+    return np.exp(sum(c * rng.uniform(-strength, strength) + c * c * rng.uniform(-strength, strength) for c in coords))
+
+
+def _rician(signal: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of complex Gaussian noise added to ``signal``; sigma relative to the brightest tissue."""
+    sigma = noise * np.percentile(signal[signal > 0], 99.5)
+    return np.hypot(signal + rng.normal(0, sigma, signal.shape), rng.normal(0, sigma, signal.shape))
+
+
+def _scanner(vol: _Volume, site: str, seed: int) -> _Volume:
+    """A real T1 as another scanner would show it: contrast curve, point-spread blur, bias field, noise."""
+    _, strength, gamma, fwhm, noise = SCANNERS[site]
+    rng = _rng(seed, site)
+    signal = ndi.gaussian_filter(vol.image**gamma, np.asarray(fwhm) / 2.355)  # FWHM -> sigma
+    signal = _rician(signal * _bias_field(signal.shape, strength, rng), noise, rng)
+    return replace(vol, image=_rescale(signal.astype(np.float32)), image_kind="simulated-scanner",
+                   source=f"{vol.source} through simulated scanner {site}")  # fmt: skip
 
 
 def _colin_t1(mricron_dir: Path) -> _Volume:
@@ -498,6 +527,7 @@ def build_reference_sites(
         raise ValueError(f"split_fractions must be 3 shares summing to 1, got {split_fractions}.")
     mricron, inv3 = Path(mricron_dir), Path(invesalius_file)
     debian = {"colin_t1": ("mricron-data", mricron / "ch2.nii.gz"), "head_ct": ("invesalius-examples", inv3)}
+    debian |= {s: debian[base] for s, (base, *_) in SCANNERS.items() if base in debian}
     skipped = {s: f"Debian package {pkg} not found ({path} missing)" for s, (pkg, path) in debian.items()
                if s in sites and not path.is_file()}  # fmt: skip
     for site, reason in skipped.items():
@@ -517,10 +547,11 @@ def build_reference_sites(
         cache: dict[str, _Volume] = {}
         vqa: dict[str, tuple[Path, dict, dict[str, list[dict]]]] = {}
         for site in (s for s in SITES if s in sites and s not in skipped):
-            base = "icbm_t1" if site in SEQUENCES else site
-            if base not in cache:  # the ICBM maps are loaded once for the four ICBM sites
+            base = "icbm_t1" if site in SEQUENCES else SCANNERS[site][0] if site in SCANNERS else site
+            if base not in cache:  # each source volume is loaded once for every site derived from it
                 cache[base] = loaders[base]()
-            vol = _simulate(cache[base], site, seed, noise) if site in SEQUENCES else cache[base]
+            vol = (_simulate(cache[base], site, seed, noise) if site in SEQUENCES
+                   else _scanner(cache[base], site, seed) if site in SCANNERS else cache[base])  # fmt: skip
             chunks = len(LEVELS) if vol.brain is not None else 1
             lo, hi = _extent(vol.brain if vol.brain is not None else vol.image > 0.1)
             splits, bounds = _split(
@@ -579,7 +610,9 @@ pixels to the source volume's world space (resampled spacing included).
 `simulated-contrast` = T2w / PDw / FLAIR computed from the real ICBM grey/white-matter maps (CSF = brain
 minus GM minus WM) with the spin-echo and inversion-recovery equations, BrainWeb 1.5 T tissue parameters
 (T1 ms, T2 ms, PD) {tissue}, (TR, TE, TI) ms {sequences} (TI None: nulls CSF), plus Rician noise and a
-smooth bias field.
+smooth bias field. `simulated-scanner` = a real T1 (ICBM or Colin27) through a simulated scanner
+(source, bias strength, gamma, blur FWHM voxels, noise) {scanners}: contrast curve, point-spread blur, bias
+field and Rician noise; labels and split are the source volume's.
 
 **Labels**: `template` = shipped with the template (ICBM GM/WM probability maps, argmax with background;
 Colin27's `ch2bet` brain mask). `algorithmic` = Colin27 GM/WM by 3-class k-means of T1 intensities inside
@@ -616,7 +649,7 @@ def _data_card(summary: dict) -> str:
         "**Skipped**: none."
     ]
     return _CARD.format(
-        **summary, tissue=TISSUE, sequences=SEQUENCES, bone=CT_BONE_HU, levels=list(LEVELS), rows="\n".join(rows),
+        **summary, tissue=TISSUE, sequences=SEQUENCES, scanners=SCANNERS, bone=CT_BONE_HU, levels=list(LEVELS), rows="\n".join(rows),
         used=", ".join(summary["packages_used"]) or "none", skipped_lines="\n".join(skipped),
         licences="; ".join(f"{p}: {lic}" for p, lic in LICENCES.items()),
     )  # fmt: skip

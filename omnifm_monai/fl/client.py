@@ -319,6 +319,14 @@ class OmniFMClientAlgo(MonaiAlgo):
         """Metrics of the global shared weights with this site's private state (Ditto: its personal model)
         on the validation split, or on the test split with ``extra={"split": "test"}`` (the bundle's
         evaluate.json, checkpoint loading disabled)."""
+        self.load_for_evaluation(data)
+        evaluator = self.test_evaluator() if (extra or {}).get("split") == "test" else self.evaluator
+        evaluator.run()
+        return ExchangeObject(metrics={k: float(v) for k, v in evaluator.state.metrics.items()})
+
+    def load_for_evaluation(self, data: ExchangeObject) -> None:
+        """Put in the network the model :meth:`evaluate` scores: the shared keys of ``data.weights``, this
+        site's private state (Ditto: its personal model) and the bank of the server's payload, if any."""
         personal = self.client_state.get("personal") if self.strategy.name == "ditto" else None
         self._load(data.weights)
         if personal is not None:
@@ -327,11 +335,9 @@ class OmniFMClientAlgo(MonaiAlgo):
         payload = data.get(EXTRA_KEY) or {}
         if bank is not None and payload.get("bank") is not None:  # evaluate with the bank the server just merged
             bank.load_tensors(payload["bank"])
-        evaluator = self._test_evaluator() if (extra or {}).get("split") == "test" else self.evaluator
-        evaluator.run()
-        return ExchangeObject(metrics={k: float(v) for k, v in evaluator.state.metrics.items()})
 
-    def _test_evaluator(self):
+    def test_evaluator(self):
+        """The bundle's test-split evaluator (train.json + evaluate.json) on this client's network."""
         if getattr(self, "_test_workflow", None) is None:
             configs = [os.path.join(self.bundle_root, "configs", f) for f in ("train.json", "evaluate.json")]
             workflow = ConfigWorkflow(config_file=configs, meta_file=None, logging_file=False, workflow_type=None,

@@ -36,7 +36,7 @@ from monai.utils import set_determinism
 from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, aggregate_round, get_strategy
 
-__all__ = ["build_network", "bundle_task", "client_round", "default_sites", "make_strategy", "round_seed", "simulate", "update_bytes"]
+__all__ = ["build_network", "bundle_task", "client_round", "default_sites", "load_matching", "make_strategy", "round_seed", "simulate", "update_bytes"]
 
 logger = logging.getLogger("omnifm_monai.fl")
 CHECKPOINT = "checkpoint.pt"
@@ -102,6 +102,19 @@ def client_round(
     )
 
 
+def load_matching(network: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load every tensor of ``weights`` whose name and shape match ``network``; returns the names loaded."""
+    state = network.state_dict()
+    loaded = [k for k, v in weights.items() if k in state and state[k].shape == v.shape]
+    if not loaded:
+        raise ValueError("no tensor of the initial weights matches the network (another bundle or task?).")
+    with torch.no_grad():
+        for k in loaded:
+            state[k].copy_(weights[k])
+    logger.info("initial weights: %d of %d network tensors loaded", len(loaded), len(state))
+    return loaded
+
+
 def update_bytes(update: ClientUpdate) -> int:
     """Bytes a site uploads in a round: its weights and strategy extras, serialised as torch would send them."""
     buffer = io.BytesIO()
@@ -157,6 +170,9 @@ class _Writer:
             self.tb.add_scalar(f"{split}/{metric}/{site}", value, rnd)
         self.tb.flush()
 
+    def close(self) -> None:
+        self.tb.close()  # its writer thread and file handle; many runs may share one process
+
     def truncate_after(self, last_round: int) -> None:
         """Drop rows of rounds after ``last_round`` (written by a run killed before its checkpoint)."""
         with open(self.csv) as f:
@@ -199,6 +215,7 @@ def simulate(
     test: bool = True,
     overrides: Mapping[str, Any] | None = None,
     strategy_options: Mapping[str, Any] | None = None,
+    init_weights: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a federated job in this process; returns the final metrics per site.
 
@@ -217,6 +234,8 @@ def simulate(
         test: evaluate every site on its test split after the last round.
         overrides: bundle overrides for every site (e.g. ``{"batch_size": 4, "image_size": 64}``).
         strategy_options: keyword options of the strategy (e.g. ``{"mu": 0.01}``).
+        init_weights: a state dict (e.g. another run's ``global_model.pt``) to start from: every tensor whose
+            name and shape match the network is loaded, the rest keeps its initialisation (fine-tuning).
     """
     bundle_dir, out = Path(bundle), Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,12 +245,13 @@ def simulate(
     )
     if isinstance(strategy, str):
         strategy = make_strategy(bundle_dir, strategy, list(site_dirs), strategy_options)[0]
+    test_sites = site_dirs  # a pooled (Centralized) model is still tested on every site's own test split
     if strategy.pooled:
         site_dirs = _pooled_site(site_dirs, task, out / "pooled_data")
     overrides = {**dict(overrides or {}), **strategy.network_overrides}
 
     run_config = {"bundle": str(bundle_dir.resolve()), "strategy": strategy.name, "sites": site_dirs, "seed": seed,
-                  "local_epochs": local_epochs, "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)}}
+                  "local_epochs": local_epochs, "init_weights": init_weights, "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)}}
     config_file = out / "run.json"
     checkpoint = _load_checkpoint(out / CHECKPOINT)
     if checkpoint is not None:
@@ -245,13 +265,18 @@ def simulate(
         config_file.write_text(json.dumps(run_config, indent=2))
 
     set_determinism(seed)
-    network = build_network(bundle_dir, overrides)
-    clients: dict[str, OmniFMClientAlgo] = {}
-    for name, folder in site_dirs.items():
+    # a site's data folder, for networks sized by the data (VQA's vocabulary, shared by every site)
+    network = build_network(bundle_dir, {"dataset_dir": next(iter(site_dirs.values())), **overrides})
+    if init_weights:
+        load_matching(network, torch.load(init_weights, weights_only=True))
+
+    def make_client(name: str, folder: str) -> OmniFMClientAlgo:
         client = OmniFMClientAlgo(str(bundle_dir), strategy, site=name, dataset_dir=folder, local_epochs=local_epochs,
                                   send_weight_diff=send_weight_diff, workdir=str(out / "sites"), train_kwargs=overrides, network=network)
         client.initialize()
-        clients[name] = client
+        return client
+
+    clients = {name: make_client(name, folder) for name, folder in site_dirs.items()}
     first = next(iter(clients.values()))
     global_weights = first._shared_state() if strategy.name != "local" else {}
     server_state = strategy.init_state(global_weights)
@@ -318,12 +343,14 @@ def simulate(
         rows = []
         evaluation = ExchangeObject(weights=global_weights)
         evaluation[EXTRA_KEY] = strategy.server_payload(server_state)
-        for name, client in clients.items():
+        testers = clients if not strategy.pooled else {name: make_client(name, f) for name, f in test_sites.items()}
+        for name, client in testers.items():
             metrics = client.evaluate(evaluation, extra={"split": "test"}).metrics
             results[name] = metrics
             rows += [(rounds - 1, name, "test", k, v) for k, v in metrics.items()]
         writer.write(rows)
         (out / "test_metrics.json").write_text(json.dumps(results, indent=2))
+    writer.close()
     torch.save(global_weights, out / "global_model.pt")
     if strategy.name == "omnifm":
         torch.save(server_state["bank"], out / "bank.pt")

@@ -16,6 +16,7 @@ from omnifm_monai.data.reference_sites import (
     INVESALIUS_FILE,
     LEVELS,
     MRICRON_DIR,
+    SCANNERS,
     SITES,
     SPLITS,
     TASKS,
@@ -81,14 +82,29 @@ def test_every_item_has_provenance(built):
             for item in datalist[split]:
                 prov = item["provenance"]
                 assert set(prov) == {"image", "label", "source", "volume", "slice_index"}
-                assert prov["image"] == ("simulated-contrast" if site in SIMULATED else "real")
+                expected = "simulated-contrast" if site in SIMULATED else "simulated-scanner" if site in SCANNERS else "real"
+                assert prov["image"] == expected
                 assert prov["label"] in ("template", "atlas", "algorithmic", "threshold", None)
                 assert ":" in prov["source"] and isinstance(prov["slice_index"], int)
                 assert not Path(item["image"]).is_absolute() and (out / site / item["image"]).is_file()
                 if task == "super_resolution":
                     assert prov["label"] is None
                 if task == "segmentation":
-                    assert prov["label"] == ("algorithmic" if site == "colin_t1" else "template")
+                    source = SCANNERS[site][0] if site in SCANNERS else site
+                    assert prov["label"] == ("algorithmic" if source == "colin_t1" else "template")
+
+
+def test_scanner_sites_shift_the_image_and_keep_the_labels(built):
+    """A simulated scanner changes intensities only: same slices, same labels as its source site."""
+    out, _ = built
+    for site, (source, *_) in SCANNERS.items():
+        mine, theirs = (json.loads((out / s / "segmentation.json").read_text()) for s in (site, source))
+        for split in SPLITS:
+            assert [i["provenance"]["slice_index"] for i in mine[split]] == [i["provenance"]["slice_index"] for i in theirs[split]]
+            for a, b in zip(mine[split], theirs[split], strict=True):
+                assert np.array_equal(nib.load(out / site / a["label"]).get_fdata(), nib.load(out / source / b["label"]).get_fdata())
+        a, b = (nib.load(out / s / d["training"][0]["image"]).get_fdata() for s, d in ((site, mine), (source, theirs)))
+        assert np.abs(a - b).mean() > 0.02, site  # a visible shift, not a copy
 
 
 def test_held_out_slices_keep_gap_from_training(built):
@@ -183,7 +199,9 @@ def test_vqa_answers_shared_and_balanced(built):
                 assert item["answer_type"] == ("closed" if item["answer"] in ("yes", "no") else "open")
                 templates.setdefault(item["question_type"], Counter())[item["answer"]] += 1
             assert {"modality", "level"} <= set(templates), (site, split)
-            modality += templates.pop("modality")
+            if site not in SCANNERS:  # the scanner sites are T1 by design (the intra-modality scenario)
+                modality += templates["modality"]
+            templates.pop("modality")
             for qtype, counts in templates.items():
                 assert len(counts) >= 2 and max(counts.values()) / sum(counts.values()) <= 0.5, (
                     site,

@@ -1,0 +1,320 @@
+"""Benchmark suites: OmniFM against the federated baselines on the reference sites.
+
+    python benchmarks/run.py --suite quick|default [--only task=segmentation --only strategy=fedavg,omnifm] [--workers 2]
+
+A suite is one YAML file under ``benchmarks/suites/``: the reference data to build, the training budget, the
+tasks (bundles), the scenarios (site lists), the ablation variants and the experiments (which strategies run
+on which tasks, scenarios and initialisations). It expands into cells, one (task, scenario, strategy, init,
+seed) each, run by the in-process simulator (:func:`omnifm_monai.fl.simulator.simulate`).
+
+Every finished cell appends its rows to the results CSV (``benchmarks/results/<suite>.csv`` by default;
+columns :data:`FIELDS`): per-round validation metrics, per-site test metrics after the last round, upload bytes
+and wall time per round. Cells already in the CSV are skipped, so an interrupted suite resumes where it stopped
+(a cell killed half-way resumes from its last completed round). At the end every selected cell must be in the
+CSV with finite metrics, or the command exits with 1; ``benchmarks/report.py`` then writes tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ROOT / "benchmarks" / "suites"
+FIELDS = ("task", "scenario", "strategy", "init", "seed", "round", "site", "split", "metric", "value", "commit")
+CELL_FIELDS = ("task", "scenario", "strategy", "init", "seed")
+PRETRAINING = "pretraining"  # the scenario name of the central pre-training runs that fine-tuning starts from
+INITS = ("scratch", "pretrained")
+# files whose changes change the results: the commit column is marked "+dirty" when they differ from HEAD
+CODE_PATHS = ("omnifm_monai", "bundles", "benchmarks/run.py", "benchmarks/suites")
+
+logger = logging.getLogger("omnifm_benchmark")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a strategy (or an ablation variant) on one task and scenario, from one initialisation and seed."""
+
+    task: str
+    scenario: str
+    strategy: str
+    init: str
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (self.task, self.scenario, self.strategy, self.init, str(self.seed))
+
+    def folder(self, workdir: Path) -> Path:
+        return Path(workdir, "runs", self.task, self.scenario, self.strategy, self.init, f"seed{self.seed}")
+
+    def __str__(self) -> str:
+        return "/".join(self.key)
+
+
+# ----------------------------------------------------------------------------------------------------- suites
+def load_suite(name: str | Path) -> dict[str, Any]:
+    """A suite by name (``benchmarks/suites/<name>.yaml``) or path, checked."""
+    path = Path(name) if Path(name).suffix in (".yaml", ".yml") else SUITES / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"suite {name!r}: no file {path}; suites: {sorted(p.stem for p in SUITES.glob('*.yaml'))}.")
+    suite = yaml.safe_load(path.read_text())
+    check_suite(suite, path)
+    return {"name": path.stem, **suite}
+
+
+def check_suite(suite: Any, path: Path) -> None:
+    """Raise ``ValueError`` naming the file and the first thing wrong with it."""
+    from omnifm_monai.fl.strategies import STRATEGIES
+
+    def fail(what: str) -> None:
+        raise ValueError(f"{path}: {what}")
+
+    if not isinstance(suite, dict):
+        fail("must be a mapping of settings.")
+    for key in ("data", "seeds", "rounds", "local_epochs", "tasks", "scenarios", "experiments"):
+        if key not in suite:
+            fail(f"missing `{key}`.")
+    variants = suite.get("variants") or {}
+    for label, variant in variants.items():
+        if variant.get("strategy") not in STRATEGIES:
+            fail(f"variant `{label}` names an unknown strategy {variant.get('strategy')!r}; known: {sorted(STRATEGIES)}.")
+    for task, spec in suite["tasks"].items():
+        if not (ROOT / spec.get("bundle", "")).is_dir():
+            fail(f"task `{task}`: bundle {spec.get('bundle')!r} is not a folder of this project.")
+    for i, exp in enumerate(suite["experiments"]):
+        for key, known in (("tasks", suite["tasks"]), ("scenarios", suite["scenarios"]), ("strategies", {**STRATEGIES, **variants})):
+            unknown = sorted(set(exp.get(key) or []) - set(known))
+            if unknown:
+                fail(f"experiment {i + 1}: unknown {key} {unknown}; known: {sorted(known)}.")
+        if not exp.get("strategies"):
+            fail(f"experiment {i + 1}: no `strategies`.")
+        if exp.get("init", "scratch") not in INITS:
+            fail(f"experiment {i + 1}: init must be one of {INITS}, not {exp.get('init')!r}.")
+        if exp.get("init") == "pretrained" and "pretraining" not in suite:
+            fail(f"experiment {i + 1} fine-tunes (init: pretrained) but the suite has no `pretraining` section.")
+
+
+def expand(suite: Mapping[str, Any]) -> list[Cell]:
+    """Every cell of the suite, in run order: central pre-training first (for the tasks that fine-tune)."""
+    cells: list[Cell] = []
+    for exp in suite["experiments"]:
+        for task in exp.get("tasks") or suite["tasks"]:
+            for scenario in exp.get("scenarios") or suite["scenarios"]:
+                for strategy in exp["strategies"]:
+                    cells += [Cell(task, scenario, strategy, exp.get("init", "scratch"), s) for s in exp.get("seeds") or suite["seeds"]]
+    pre = suite.get("pretraining") or {}
+    tasks = dict.fromkeys(c.task for c in cells if c.init == "pretrained")
+    first = [Cell(t, PRETRAINING, pre.get("strategy", "centralized"), "scratch", pre.get("seed", 0)) for t in tasks]
+    return list(dict.fromkeys(first + cells))  # unique, order kept
+
+
+def pretraining_cell(suite: Mapping[str, Any], task: str) -> Cell:
+    pre = suite["pretraining"]
+    return Cell(task, PRETRAINING, pre.get("strategy", "centralized"), "scratch", pre.get("seed", 0))
+
+
+def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict[str, Any]:
+    """The :func:`simulate` arguments of a cell: suite settings, then the task's, then the variant's."""
+    from omnifm_monai.fl.simulator import bundle_task
+
+    task = suite["tasks"][cell.task]
+    variant = (suite.get("variants") or {}).get(cell.strategy, {"strategy": cell.strategy})
+    sites_dir = workdir / "sites"
+    bundle = ROOT / task["bundle"]
+    names = suite["pretraining"]["sites"] if cell.scenario == PRETRAINING else suite["scenarios"][cell.scenario]
+    datalist = bundle_task(bundle)
+    sites = [s for s in names if (sites_dir / s / f"{datalist}.json").is_file()]  # e.g. CT has no segmentation labels
+    if not sites:
+        raise FileNotFoundError(f"cell {cell}: none of the sites {names} under {sites_dir} has a {datalist}.json.")
+    pre = suite.get("pretraining") or {}
+    rounds = pre.get("rounds", suite["rounds"]) if cell.scenario == PRETRAINING else task.get("rounds", suite["rounds"])
+    return {
+        "bundle": str(bundle),
+        "strategy": variant["strategy"],
+        "rounds": rounds,
+        "local_epochs": task.get("local_epochs", suite["local_epochs"]),
+        "output": str(cell.folder(workdir)),
+        "sites": {s: str(sites_dir / s) for s in sites},
+        "seed": cell.seed,
+        "overrides": {**(suite.get("overrides") or {}), **(task.get("overrides") or {}), **(variant.get("overrides") or {})},
+        "strategy_options": variant.get("options") or {},
+        "init_weights": str(pretraining_cell(suite, cell.task).folder(workdir) / "global_model.pt") if cell.init == "pretrained" else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- running
+def commit() -> str:
+    """HEAD's short hash, ``+dirty`` when the code that makes the results differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) else "")
+
+
+def run_cell(suite: Mapping[str, Any], cell: Cell, workdir: Path, revision: str) -> list[dict[str, Any]]:
+    """Run (or resume) one cell; its rows for the results CSV."""
+    from omnifm_monai.fl.simulator import simulate
+
+    kwargs = simulate_kwargs(suite, cell, workdir)
+    logging.disable(logging.WARNING)  # the bundles log every iteration; the suite logs one line per cell
+    try:
+        simulate(**kwargs)
+    finally:
+        logging.disable(logging.NOTSET)
+    rows = []
+    with open(Path(kwargs["output"]) / "metrics.csv") as f:
+        for r in csv.DictReader(f):
+            metric = r["metric"].removeprefix("val_")  # the bundles' evaluators name every metric val_*
+            rows.append({**dict(zip(CELL_FIELDS, cell.key, strict=True)), "round": r["round"], "site": r["site"],
+                         "split": r["split"], "metric": metric, "value": r["value"], "commit": revision})  # fmt: skip
+    return rows
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # workers share the cores instead of oversubscribing them
+
+
+def _run(args: tuple) -> tuple[Cell, list[dict[str, Any]] | None, str, float]:
+    suite, cell, workdir, revision = args
+    started = time.perf_counter()
+    try:
+        return cell, run_cell(suite, cell, workdir, revision), "", time.perf_counter() - started
+    except Exception as err:  # one failing cell must not stop the suite; it is reported at the end
+        logger.exception("cell %s failed", cell)
+        return cell, None, repr(err), time.perf_counter() - started
+
+
+def completed(results: Path) -> set[tuple[str, ...]]:
+    """Cells with rows in the results CSV (a cell's rows are appended in one write when it finishes)."""
+    if not results.exists():
+        return set()
+    with open(results) as f:
+        return {tuple(r[k] for k in CELL_FIELDS) for r in csv.DictReader(f)}
+
+
+def append(results: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, FIELDS)
+    if not results.exists():
+        writer.writeheader()
+    writer.writerows(rows)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results, "a", newline="") as f:
+        f.write(buffer.getvalue())  # one write per cell: a killed suite leaves whole cells
+
+
+def check_results(cells: Iterable[Cell], results: Path) -> list[str]:
+    """What is wrong with the results of ``cells``: a cell without test rows, or a metric that is not finite."""
+    rows: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    if results.exists():
+        with open(results) as f:
+            for r in csv.DictReader(f):
+                rows.setdefault(tuple(r[k] for k in CELL_FIELDS), []).append(r)
+    problems = []
+    for cell in cells:
+        found = rows.get(cell.key, [])
+        if not any(r["split"] == "test" for r in found):
+            problems.append(f"{cell}: no test metrics")
+        problems += [f"{cell}: {r['split']} {r['metric']} at round {r['round']} site {r['site']} is {r['value']}"
+                     for r in found if not math.isfinite(float(r["value"]))]  # fmt: skip
+    return problems
+
+
+def matches(cell: Cell, filters: Mapping[str, set[str]]) -> bool:
+    return all(getattr(cell, k) is not None and str(getattr(cell, k)) in v for k, v in filters.items())
+
+
+def parse_only(only: Sequence[str]) -> dict[str, set[str]]:
+    """``["task=segmentation", "strategy=fedavg,omnifm"]`` -> ``{"task": {...}, "strategy": {...}}``."""
+    filters: dict[str, set[str]] = {}
+    for item in only:
+        key, sep, values = item.partition("=")
+        if not sep or key not in CELL_FIELDS:
+            raise ValueError(f"--only {item!r}: expected KEY=VALUE[,VALUE...] with KEY one of {CELL_FIELDS}.")
+        filters.setdefault(key, set()).update(values.split(","))
+    return filters
+
+
+def run_suite(suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequence[str] = (), workers: int = 1) -> list[str]:
+    """Run the selected cells that are not in ``results`` yet; returns the problems :func:`check_results` finds."""
+    from omnifm_monai.data import build_reference_sites
+
+    filters = parse_only(only)
+    cells = expand(suite)
+    selected = [c for c in cells if matches(c, filters)]
+    needed = {pretraining_cell(suite, c.task) for c in selected if c.init == "pretrained"}
+    selected = [c for c in cells if c in selected or c in needed]
+    done = completed(results)
+    todo = [c for c in selected if c.key not in done]
+    logger.info("suite %s: %d cells selected, %d already in %s, %d to run", suite["name"], len(selected), len(selected) - len(todo), results, len(todo))
+    sites_dir = workdir / "sites"
+    if todo and not (sites_dir / "sites.json").is_file():
+        scenario_sites = [s for sites in suite["scenarios"].values() for s in sites]
+        build_reference_sites(sites_dir, sites=list(dict.fromkeys(scenario_sites + list((suite.get("pretraining") or {}).get("sites", [])))),
+                              overwrite=True, **suite["data"])  # fmt: skip
+    revision, failed = commit(), {}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # pre-training first: the fine-tuning cells load its weights
+    waves = [[c for c in todo if c.scenario == PRETRAINING], [c for c in todo if c.scenario != PRETRAINING]]
+    finished, started = 0, time.perf_counter()
+    for wave in waves:
+        jobs = [(suite, c, workdir, revision) for c in wave]
+        if workers == 1:
+            _worker_init(threads)
+            outcomes: Iterable = map(_run, jobs)
+        else:
+            pool = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(threads,))
+            outcomes = (f.result() for f in as_completed([pool.submit(_run, j) for j in jobs]))
+        for cell, rows, error, seconds in outcomes:
+            finished += 1
+            if rows is None:
+                failed[str(cell)] = error
+            else:
+                append(results, rows)
+            elapsed = time.perf_counter() - started
+            logger.info("[%d/%d] %s %s in %.1fs (elapsed %.0fs, left about %.0fs)", finished, len(todo), cell,
+                        "failed" if rows is None else "done", seconds, elapsed, elapsed / finished * (len(todo) - finished))
+        if workers > 1:
+            pool.shutdown()
+    return [f"{c}: failed: {e}" for c, e in failed.items()] + check_results(selected, results)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="quick", help="suite name under benchmarks/suites/ or a YAML path")
+    parser.add_argument("--only", action="append", default=[], help="KEY=V1,V2 with KEY in task, scenario, strategy, init, seed")
+    parser.add_argument("--workers", type=int, default=1, help="cells run in parallel (each gets cores / workers threads)")
+    parser.add_argument("--workdir", help="run folders and reference data (default outputs/benchmarks/<suite>)")
+    parser.add_argument("--results", help="results CSV (default benchmarks/results/<suite>.csv)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    suite = load_suite(args.suite)
+    workdir = Path(args.workdir or ROOT / "outputs" / "benchmarks" / suite["name"])
+    results = Path(args.results or ROOT / "benchmarks" / "results" / f"{suite['name']}.csv")
+    problems = run_suite(suite, workdir, results, args.only, args.workers)
+    for problem in problems:
+        logger.error(problem)
+    logger.info("%s: %s", results, "every selected cell ran, every metric finite" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
