@@ -135,3 +135,35 @@ def test_every_strategy_runs_a_round(reference_sites, tmp_path, strategy):
     _run(tmp_path, reference_sites, strategy, rounds=2)
     values = [float(r["value"]) for r in _rows(tmp_path) if r["metric"] == "val_mean_dice"]
     assert values and all(math.isfinite(v) and 0 <= v <= 1 for v in values)
+
+
+def test_fine_tuning_starts_from_the_matching_tensors_of_another_run(reference_sites, tmp_path):
+    """``init_weights``: a FedAvg model (OmniFM parts off) seeds the backbone of an OmniFM run; the OmniFM
+    parts, absent from it, keep their own initialisation (rounds=0: the initial global model is saved)."""
+    _run(tmp_path / "pre", reference_sites, "fedavg", rounds=1)
+    pre = torch.load(tmp_path / "pre" / "global_model.pt", weights_only=True)
+    _run(tmp_path / "fresh", reference_sites, "omnifm", rounds=0, seed=3)
+    _run(tmp_path / "tuned", reference_sites, "omnifm", rounds=0, seed=3, init_weights=str(tmp_path / "pre" / "global_model.pt"))
+    fresh, tuned = (torch.load(tmp_path / d / "global_model.pt", weights_only=True) for d in ("fresh", "tuned"))
+    backbone = [k for k in tuned if k in pre and pre[k].shape == tuned[k].shape]
+    assert any(k.startswith("backbone.") for k in backbone)
+    assert all(torch.equal(tuned[k], pre[k]) for k in backbone)
+    assert any(not torch.equal(fresh[k], pre[k]) for k in backbone if pre[k].is_floating_point())  # it did change them
+    assert all(torch.equal(tuned[k], fresh[k]) for k in tuned if k not in pre)
+
+
+def test_centralized_model_is_tested_on_every_site(reference_sites, tmp_path):
+    results = _run(tmp_path, reference_sites, "centralized", rounds=1, test=True)
+    assert set(results) == set(SITES)  # not the pooled folder
+    pooled = {r["site"] for r in _rows(tmp_path) if r["split"] == "validation"}
+    assert pooled == {"pooled"} and {r["site"] for r in _rows(tmp_path) if r["split"] == "test"} == set(SITES)
+
+
+def test_initial_weights_of_another_network_are_refused():
+    from omnifm_monai.fl.simulator import load_matching
+
+    net = torch.nn.Linear(3, 2)
+    assert load_matching(net, {"weight": torch.ones(2, 3), "bias": torch.ones(5)}) == ["weight"]
+    assert torch.equal(net.weight, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="no tensor"):
+        load_matching(net, {"conv.weight": torch.ones(1)})

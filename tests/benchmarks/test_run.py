@@ -1,0 +1,157 @@
+"""The benchmark runner: suites expand into the cells the issue asks for, with one budget; results resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run  # noqa: E402
+
+REQUIRED = {"local", "centralized", "fedavg", "fedprox", "fedbn", "fedper", "fedrep", "ditto", "scaffold", "fedavgm",
+            "fedadam", "feddg", "omnifm"}  # fmt: skip
+ABLATIONS = {"use_gskr", "use_ecaf", "use_prefix", "use_suffix", "use_spa"}
+
+
+@pytest.fixture(scope="module")
+def default():
+    return run.load_suite("default")
+
+
+def test_default_suite_covers_every_task_scenario_strategy_and_seed(default):
+    cells = run.expand(default)
+    assert len(cells) == len(set(cells))
+    assert {"segmentation", "classification", "super_resolution_x2", "super_resolution_x4", "vqa"} == set(default["tasks"])
+    seeds = defaultdict(set)
+    for c in cells:
+        seeds[(c.task, c.scenario, c.strategy, c.init)].add(c.seed)
+    assert len(default["seeds"]) >= 3
+    for task in default["tasks"]:
+        for scenario in ("cross_modality", "intra_modality"):
+            for strategy in REQUIRED:
+                assert seeds[(task, scenario, strategy, "scratch")] == set(default["seeds"]), (task, scenario, strategy)
+        assert seeds[(task, "cross_modality", "omnifm", "pretrained")] == set(default["seeds"])
+    # every OmniFM part is ablated, and the SPA weight takes at least two values besides the default
+    variants = default["variants"].values()
+    assert ABLATIONS <= {k for v in variants for k, value in v["overrides"].items() if value is False}
+    assert len({v["overrides"]["spa_weight"] for v in variants if "spa_weight" in v["overrides"]}) >= 2
+
+
+def test_pretraining_runs_first_on_other_sites(default):
+    cells = run.expand(default)
+    first_finetune = min(i for i, c in enumerate(cells) if c.init == "pretrained")
+    for task in {c.task for c in cells if c.init == "pretrained"}:
+        pre = run.pretraining_cell(default, task)
+        assert cells.index(pre) < first_finetune
+    pre_sites = set(default["pretraining"]["sites"])
+    assert not pre_sites & set(default["scenarios"]["cross_modality"])  # fine-tuned on sites it never saw
+
+
+def test_every_strategy_gets_the_same_local_budget(default, tmp_path, monkeypatch):
+    """Within a task and scenario every strategy trains the same rounds x epochs, batch, image size and sites."""
+    import functools
+
+    import omnifm_monai.fl.simulator as simulator
+
+    monkeypatch.setattr(simulator, "bundle_task", functools.lru_cache(simulator.bundle_task))
+    tasks = {t: simulator.bundle_task(ROOT / spec["bundle"]) for t, spec in default["tasks"].items()}
+    for sites in (*default["scenarios"].values(), default["pretraining"]["sites"]):
+        for task in tasks.values():
+            _sites(tmp_path, sites, task)
+    budgets = defaultdict(set)
+    for c in run.expand(default):
+        kw = run.simulate_kwargs(default, c, tmp_path)
+        o = kw["overrides"]
+        budgets[(c.task, c.scenario)].add((kw["rounds"], kw["local_epochs"], o["batch_size"], o["image_size"], tuple(kw["sites"])))
+    assert all(len(b) == 1 for b in budgets.values()), {k: b for k, b in budgets.items() if len(b) > 1}
+
+
+def _sites(root: Path, names, task="segmentation"):
+    for name in names:
+        (root / "sites" / name).mkdir(parents=True, exist_ok=True)
+        (root / "sites" / name / f"{task}.json").write_text("{}")
+
+
+def test_simulate_kwargs_merge_settings_and_point_fine_tuning_at_the_pretrained_weights(default, tmp_path):
+    _sites(tmp_path, ["icbm_t1", "colin_t1", "icbm_t2w", "icbm_pdw", "icbm_flair", "t1_scanner_a"])
+    cell = run.Cell("segmentation", "cross_modality", "omnifm_no_gskr", "pretrained", 1)
+    kw = run.simulate_kwargs(default, cell, tmp_path)
+    assert kw["strategy"] == "omnifm" and kw["overrides"]["use_gskr"] is False
+    assert kw["overrides"]["image_size"] == default["overrides"]["image_size"]
+    assert list(kw["sites"]) == ["icbm_t1", "colin_t1", "icbm_t2w", "icbm_pdw", "icbm_flair"]  # CT: no labels
+    pre = run.pretraining_cell(default, "segmentation")
+    assert kw["init_weights"] == str(pre.folder(tmp_path) / "global_model.pt")
+    assert run.simulate_kwargs(default, pre, tmp_path)["sites"] == {"t1_scanner_a": str(tmp_path / "sites" / "t1_scanner_a")}
+    _sites(tmp_path, ["head_ct"], "super_resolution")
+    sr = run.simulate_kwargs(default, run.Cell("super_resolution_x4", "cross_modality", "fedavg", "scratch", 0), tmp_path)
+    assert sr["overrides"]["scale"] == 4 and sr["init_weights"] is None and list(sr["sites"]) == ["head_ct"]
+
+
+def test_bad_suite_names_the_file_and_the_problem(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text((run.SUITES / "quick.yaml").read_text().replace("strategies: [fedavg, omnifm]", "strategies: [fedavg, fedmagic]"))
+    with pytest.raises(ValueError, match=r"bad\.yaml.*fedmagic"):
+        run.load_suite(path)
+    with pytest.raises(FileNotFoundError, match="nosuch"):
+        run.load_suite("nosuch")
+
+
+def test_only_filters():
+    cell = run.Cell("vqa", "intra_modality", "fedavg", "scratch", 2)
+    assert run.matches(cell, run.parse_only(["task=vqa,segmentation", "seed=2"]))
+    assert not run.matches(cell, run.parse_only(["strategy=omnifm"]))
+    with pytest.raises(ValueError, match="KEY"):
+        run.parse_only(["colour=red"])
+
+
+def _row(cell, split="test", value="0.5", metric="mean_dice", site="a"):
+    return {**dict(zip(run.CELL_FIELDS, cell.key, strict=True)), "round": 0, "site": site, "split": split,
+            "metric": metric, "value": value, "commit": "x"}  # fmt: skip
+
+
+def test_results_append_whole_cells_and_checks_find_missing_and_non_finite(tmp_path):
+    results = tmp_path / "r.csv"
+    a, b, c = (run.Cell("segmentation", "cross_modality", s, "scratch", 0) for s in ("fedavg", "omnifm", "local"))
+    run.append(results, [_row(a), _row(a, "validation")])
+    run.append(results, [_row(b, value="nan")])
+    with open(results) as f:
+        assert list(csv.reader(f))[0] == list(run.FIELDS)  # one header, then rows
+    assert run.completed(results) == {a.key, b.key}
+    problems = run.check_results([a, b, c], results)
+    assert len(problems) == 2 and "nan" in problems[0] and "local" in problems[1] and "no test metrics" in problems[1]
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_every_cell_resumes_and_reports(tmp_path):
+    """The CI check of the issue: every cell of the quick suite ran and every metric is finite; a second run
+    adds nothing; the report is written with its plots."""
+    results, workdir = tmp_path / "quick.csv", tmp_path / "work"
+    assert run.main(["--suite", "quick", "--workdir", str(workdir), "--results", str(results)]) == 0
+    suite = run.load_suite("quick")
+    cells = run.expand(suite)
+    with open(results) as f:
+        rows = list(csv.DictReader(f))
+    by_cell = defaultdict(list)
+    for r in rows:
+        by_cell[tuple(r[k] for k in run.CELL_FIELDS)].append(r)
+    assert set(by_cell) == {c.key for c in cells}
+    for cell in cells:
+        test = [r for r in by_cell[cell.key] if r["split"] == "test"]
+        assert {r["metric"] for r in test} >= {suite["tasks"][cell.task]["metric"]}, cell
+        assert all(math.isfinite(float(r["value"])) for r in by_cell[cell.key]), cell
+    size = results.stat().st_size
+    assert run.main(["--suite", "quick", "--workdir", str(workdir), "--results", str(results)]) == 0
+    assert results.stat().st_size == size  # resumed: nothing ran twice
+
+    import report
+
+    md = report.write_report(suite, results, tmp_path / "report" / "quick.md", tmp_path / "report" / "plots", workdir)
+    text = md.read_text()
+    for task in suite["tasks"]:
+        assert f"## {task}" in text and (tmp_path / "report" / "plots" / f"{task}_curves.png").stat().st_size > 1000
