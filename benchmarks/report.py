@@ -215,6 +215,7 @@ def ablation_table(res: Results, tasks: Sequence[str], scenario: str, variants: 
 # --------------------------------------------------------------------------------------------------- plots
 def plot_curves(res: Results, task: str, scenarios: Sequence[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5.2 * len(scenarios), 3.6), squeeze=False)
     for ax, scenario in zip(axes[0], scenarios, strict=True):
@@ -224,8 +225,10 @@ def plot_curves(res: Results, task: str, scenarios: Sequence[str], path: Path) -
                 continue
             rounds = sorted(set.intersection(*(set(res.curve[k]) for k in keys)))
             means = [statistics.fmean(statistics.fmean(res.curve[k][r]) for k in keys) for r in rounds]
-            ax.plot([r + 1 for r in rounds], means, marker="o", ms=3, lw=2.2 if s == "omnifm" else 1.2, label=name(s).strip("*"))
+            ax.plot([r + 1 for r in rounds], means, marker="o", ms=3, lw=2.4 if s == "omnifm" else 1.2, label=name(s).strip("*"),
+                    color="black" if s == "omnifm" else None, ls="-" if s in ("omnifm", "fedavg", "local", "centralized") else "--")
         ax.set(title=f"{task}: {scenario}", xlabel="round", ylabel=f"validation {res.metrics[task]} (site mean)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -253,7 +256,7 @@ def plot_sites(res: Results, task: str, scenario: str, path: Path) -> Path:
         lo, hi = min(values), max(values)
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-6), hi + 0.1 * (hi - lo + 1e-6))
     ax.set(title=f"{task}: {scenario}, test {res.metrics[task]} per site (mean ± std over seeds)")
-    ax.legend(fontsize=7, ncol=len(strategies), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.legend(fontsize=7, ncol=max(len(strategies), 1), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -278,7 +281,7 @@ def write_report(suite: Mapping[str, Any], results: Path, output: Path, plots: P
                  readme: Path | None = None) -> Path:
     metrics = {t: spec["metric"] for t, spec in suite["tasks"].items()}
     res = Results(results, metrics)
-    tasks = [t for t in suite["tasks"] if any(k[0] == t for k in res.test)]
+    tasks = [t for t in suite["tasks"] if any(k[0] == t and k[1] in suite["scenarios"] for k in res.test)]
     scenarios = [s for s in suite["scenarios"] if any(k[1] == s for k in res.test)]
     variants = list(suite.get("variants") or {})
     order = [s for exp in suite["experiments"] for s in exp["strategies"] if s not in variants]
