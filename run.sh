@@ -30,7 +30,9 @@ case "${1:-}" in
         debian_data
         shift
         SITES=outputs/reference_sites
-        [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES"
+        # every site but the simulated T1 scanners, which exist for the intra-modality benchmark
+        [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES" \
+            --sites icbm_t1,colin_t1,icbm_t2w,icbm_pdw,icbm_flair,head_ct,epi_t2star,dwi_b0
         # federated OmniFM segmentation across the MR reference sites (real T1 x2, simulated T2w/PDw/FLAIR);
         # resumes if interrupted; prints each site's test metrics; metrics.csv, TensorBoard, the global
         # model and the bank land in $OUT (or in --output DIR)
