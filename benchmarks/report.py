@@ -273,7 +273,11 @@ def qualitative(suite: Mapping[str, Any], task: str, workdir: Path, path: Path) 
     if not all((f / "checkpoint.pt").is_file() for f in runs.values()):
         logger.warning("no run folders for the %s qualitative figure under %s; skipped", task, workdir)
         return None
-    return qualitative_figure(runs, path)
+    logging.disable(logging.WARNING)  # the bundles' workflows log every step of their set-up
+    try:
+        return qualitative_figure(runs, path)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 # ---------------------------------------------------------------------------------------------------- main
