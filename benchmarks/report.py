@@ -71,6 +71,14 @@ class Results:
                 out[site].append(value)
         return out
 
+    def cost_per_round(self, task, scenario, strategy, init="scratch") -> tuple[float, float]:
+        """Wall seconds per round and MB all sites upload per round, averaged over rounds and seeds."""
+        cost = [self.cost[k] for k in self.seeds(task, scenario, strategy, init)]
+        if not cost:
+            return float("nan"), float("nan")
+        seconds = statistics.fmean(v for c in cost for v in c["seconds"])
+        return seconds, statistics.fmean(sum(c["upload_bytes"]) / max(len(c["seconds"]), 1) for c in cost) / 1e6
+
     def strategies(self, task: str, scenario: str, init: str = "scratch") -> list[str]:
         return list(dict.fromkeys(k[2] for k in sorted(self.test, key=lambda k: k[2]) if k[:2] == (task, scenario) and k[3] == init))
 
@@ -108,10 +116,7 @@ def scenario_table(res: Results, task: str, scenario: str, order: Sequence[str])
     lines = [f"| strategy | {' | '.join(sites)} | average | s/round | MB/round |", "|---" * (len(sites) + 4) + "|"]
     for s in strategies:
         cells = [fmt(columns[c][s], digits(metric), best[c] == s) for c in columns]
-        cost = [res.cost[k] for k in res.seeds(task, scenario, s)]
-        seconds = statistics.fmean(v for c in cost for v in c["seconds"]) if cost else float("nan")
-        # bytes all sites send in one round, averaged over rounds and seeds
-        mb = statistics.fmean(sum(c["upload_bytes"]) / max(len(c["seconds"]), 1) for c in cost) / 1e6 if cost else float("nan")
+        seconds, mb = res.cost_per_round(task, scenario, s)
         lines.append(f"| {name(s)} | {' | '.join(cells)} | {seconds:.1f} | {mb:.2f} |")
     return lines
 
@@ -165,9 +170,7 @@ def compact_table(res: Results, task: str, scenarios: Sequence[str], order: Sequ
     best = {sc: max((s for s in strategies if means[(s, sc)]), key=lambda s: statistics.fmean(means[(s, sc)])) for sc in scenarios}
     lines = [f"| {task} ({metric}) | {' | '.join(scenarios)} | s/round | MB/round |", "|---" * (len(scenarios) + 3) + "|"]
     for s in strategies:
-        cost = [res.cost[k] for k in res.seeds(task, scenarios[0], s)]
-        seconds = statistics.fmean(v for c in cost for v in c["seconds"]) if cost else float("nan")
-        mb = statistics.fmean(sum(c["upload_bytes"]) / max(len(c["seconds"]), 1) for c in cost) / 1e6 if cost else float("nan")
+        seconds, mb = res.cost_per_round(task, scenarios[0], s)
         cells = [fmt(means[(s, sc)], d, best[sc] == s) for sc in scenarios]
         lines.append(f"| {name(s)} | {' | '.join(cells)} | {seconds:.1f} | {mb:.2f} |")
     return lines

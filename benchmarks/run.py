@@ -239,7 +239,7 @@ def check_results(cells: Iterable[Cell], results: Path) -> list[str]:
 
 
 def matches(cell: Cell, filters: Mapping[str, set[str]]) -> bool:
-    return all(getattr(cell, k) is not None and str(getattr(cell, k)) in v for k, v in filters.items())
+    return all(str(getattr(cell, k)) in v for k, v in filters.items())
 
 
 def parse_only(only: Sequence[str]) -> dict[str, set[str]]:
