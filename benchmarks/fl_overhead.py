@@ -98,7 +98,9 @@ def main() -> None:
     reference = Path(args.reference_dir)
     overrides = {"image_size": args.image_size, "batch_size": 8}
     work = Path(tempfile.mkdtemp(prefix="fl_overhead_"))
-    print(f"segmentation bundle, {args.rounds} rounds, 1 local epoch, {args.image_size}x{args.image_size}, logs in {work / 'log.txt'}")
+    print(
+        f"segmentation bundle, {args.rounds} rounds, 1 local epoch, {args.image_size}x{args.image_size}, logs in {work / 'log.txt'}"
+    )
     print("| sites | engine | round s (mean) | train+eval s | overhead s | overhead % |")
     print("|---|---|---|---|---|---|")
     worst, upload = 0.0, {}
@@ -106,30 +108,59 @@ def main() -> None:
         dirs = site_dirs(reference, n)
         out = work / f"sim_fedavg_{n}"
         with quiet(work / "log.txt"):
-            simulate(str(BUNDLE), "fedavg", rounds=args.rounds, output=str(out), sites=dirs, overrides=overrides, test=False)
+            simulate(
+                str(BUNDLE),
+                "fedavg",
+                rounds=args.rounds,
+                output=str(out),
+                sites=dirs,
+                overrides=overrides,
+                test=False,
+            )
         sim = simulator_costs(out)
         overhead = [s - c for s, c in zip(sim["seconds"], sim["compute"], strict=True)]
         share = 100 * sum(overhead) / sum(sim["seconds"])
         worst = max(worst, share)
         upload.setdefault("fedavg", sim["upload"][-1])
-        print(f"| {n} | simulator | {statistics.mean(sim['seconds']):.2f} | {statistics.mean(sim['compute']):.2f} | "
-              f"{statistics.mean(overhead):.3f} | {share:.2f} |", flush=True)
+        print(
+            f"| {n} | simulator | {statistics.mean(sim['seconds']):.2f} | {statistics.mean(sim['compute']):.2f} | "
+            f"{statistics.mean(overhead):.3f} | {share:.2f} |",
+            flush=True,
+        )
         if args.skip_nvflare:
             continue
         import job as nvflare_job
 
-        recipe = nvflare_job.build_recipe(str(BUNDLE), "fedavg", list(dirs), rounds=args.rounds, site_dirs=dirs,
-                                          overrides=overrides, staging=str(work / f"staging_{n}"))
+        recipe = nvflare_job.build_recipe(
+            str(BUNDLE),
+            "fedavg",
+            list(dirs),
+            rounds=args.rounds,
+            site_dirs=dirs,
+            overrides=overrides,
+            staging=str(work / f"staging_{n}"),
+        )
         with quiet(work / "log.txt"):
             result = nvflare_job.run(recipe, list(dirs), env="sim", workspace=str(work / f"nvflare_{n}"))
         nvflare_job.check_result(result, "fedavg", args.rounds)
         rounds = nvflare_job.round_seconds(result)
         extra = [r - c for r, c in zip(rounds, sim["compute"], strict=False)]
-        print(f"| {n} | NVFlare SimEnv | {statistics.mean(rounds):.2f} | {statistics.mean(sim['compute']):.2f} (simulator) | "
-              f"{statistics.mean(extra):.3f} | {100 * sum(extra) / sum(rounds):.2f} |", flush=True)
+        print(
+            f"| {n} | NVFlare SimEnv | {statistics.mean(rounds):.2f} | {statistics.mean(sim['compute']):.2f} (simulator) | "
+            f"{statistics.mean(extra):.3f} | {100 * sum(extra) / sum(rounds):.2f} |",
+            flush=True,
+        )
     out = work / "sim_omnifm_2"
     with quiet(work / "log.txt"):
-        simulate(str(BUNDLE), "omnifm", rounds=args.rounds, output=str(out), sites=site_dirs(reference, 2), overrides=overrides, test=False)
+        simulate(
+            str(BUNDLE),
+            "omnifm",
+            rounds=args.rounds,
+            output=str(out),
+            sites=site_dirs(reference, 2),
+            overrides=overrides,
+            test=False,
+        )
     upload["omnifm"] = simulator_costs(out)["upload"][-1]
     print()
     print("| strategy | upload per site per round (bytes) |")

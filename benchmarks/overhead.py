@@ -34,13 +34,33 @@ def build(task: str, omnifm: bool, size: int, batch: int):
     flags = {"gate_init": 0.5} if omnifm else OFF
     x = torch.rand(batch, 1, size, size)
     if task == "classification":
-        return OmniFMResNet(2, 1, 4, **flags), (x,), torch.randint(0, 4, (batch,)), torch.nn.CrossEntropyLoss()
+        return (
+            OmniFMResNet(2, 1, 4, **flags),
+            (x,),
+            torch.randint(0, 4, (batch,)),
+            torch.nn.CrossEntropyLoss(),
+        )
     if task == "segmentation":
-        return OmniFMUNet(2, 1, 3, **flags), (x,), torch.randint(0, 3, (batch, size, size)), torch.nn.CrossEntropyLoss()
+        return (
+            OmniFMUNet(2, 1, 3, **flags),
+            (x,),
+            torch.randint(0, 3, (batch, size, size)),
+            torch.nn.CrossEntropyLoss(),
+        )
     if task == "super_resolution":
-        return OmniFMUNet(2, 1, 1, norm=None, residual=True, **flags), (x,), x.clone(), torch.nn.L1Loss()  # as the bundle
+        return (
+            OmniFMUNet(2, 1, 1, norm=None, residual=True, **flags),
+            (x,),
+            x.clone(),
+            torch.nn.L1Loss(),
+        )  # as the bundle
     question = torch.randint(1, 200, (batch, 12))
-    return OmniFMVQA(2, 1, 200, 30, **flags), (x, question), torch.randint(0, 30, (batch,)), torch.nn.CrossEntropyLoss()
+    return (
+        OmniFMVQA(2, 1, 200, 30, **flags),
+        (x, question),
+        torch.randint(0, 30, (batch,)),
+        torch.nn.CrossEntropyLoss(),
+    )
 
 
 class Stepper:
@@ -50,7 +70,12 @@ class Stepper:
         if omnifm:  # a full bank: retrieval cost at its worst
             tokens = self.net.spectral_tokens(torch.rand(256, 1, size, size)).squeeze(1)
             n = self.net.bank.capacity // 8
-            self.net.bank.merge([{"keys": kmeans_centroids(tokens[i::8], n, seed=i), "site": i, "modality": 0} for i in range(8)])
+            self.net.bank.merge(
+                [
+                    {"keys": kmeans_centroids(tokens[i::8], n, seed=i), "site": i, "modality": 0}
+                    for i in range(8)
+                ]
+            )
         self.loss = OmniFMLoss(task_loss, self.net, spa_weight=0.1)
         self.opt = torch.optim.Adam(self.net.parameters(), 1e-4)
 
@@ -95,7 +120,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x{args.size}x{args.size}, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x{args.size}x{args.size}, batch {args.batch}"
+    )
     header = "| task | backbone ms/step | OmniFM ms/step | time ratio | backbone peak MiB | OmniFM peak MiB | memory ratio |"
     print(header)
     print("|" + "---|" * 7)

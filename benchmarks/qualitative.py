@@ -37,13 +37,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import list_data_collate
-from monai.fl.utils.exchange_object import ExchangeObject
 from monai.metrics import PSNRMetric, compute_dice
 from monai.networks.utils import eval_mode
 
-from omnifm_monai.fl.client import EXTRA_KEY, OmniFMClientAlgo
-from omnifm_monai.fl.simulator import CHECKPOINT, build_network, bundle_task, make_strategy
-from omnifm_monai.fl.strategies import STRATEGIES
+from omnifm_monai.fl.bundle import bundle_task
+from omnifm_monai.fl.engine import evaluation_data, make_clients, make_strategy, restore_sites, site_network
+from omnifm_monai.fl.simulator import CHECKPOINT
+from omnifm_monai.fl.strategies import strategy_class
 
 __all__ = ["qualitative_figure"]
 
@@ -73,7 +73,7 @@ class Panel:
 
 def _read_run(run: str | Path) -> dict[str, Any]:
     config = json.loads((Path(run) / "run.json").read_text())
-    config["pooled"] = STRATEGIES[config["strategy"]].pooled
+    config["pooled"] = strategy_class(config["strategy"]).pooled
     return config
 
 
@@ -87,8 +87,12 @@ def _pooled_sites(run: str | Path, task: str) -> dict[str, str]:
     return sites
 
 
-def site_folders(runs: Mapping[str, str | Path], task: str, sites: Sequence[str] | Mapping[str, str | Path] | None = None,
-                 max_sites: int = 6) -> dict[str, str]:
+def site_folders(
+    runs: Mapping[str, str | Path],
+    task: str,
+    sites: Sequence[str] | Mapping[str, str | Path] | None = None,
+    max_sites: int = 6,
+) -> dict[str, str]:
     """The sites to show, name -> dataset folder, at most ``max_sites`` (see the module docstring)."""
     if isinstance(sites, Mapping):
         return {k: str(v) for k, v in list(sites.items())[:max_sites]}
@@ -111,13 +115,17 @@ def _first_test_item(evaluator) -> dict:
 def dice(output: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
     """Per-slice Dice of two label maps as the bundle's ``MeanDice``: background excluded, classes absent
     from the ground truth ignored (NaN when none is present)."""
-    one_hot = [F.one_hot(torch.as_tensor(x).long(), num_classes).movedim(-1, 0)[None] for x in (output, target)]
+    one_hot = [
+        F.one_hot(torch.as_tensor(x).long(), num_classes).movedim(-1, 0)[None] for x in (output, target)
+    ]
     return float(torch.nanmean(compute_dice(*one_hot, include_background=False)))
 
 
 def psnr(output: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR of two [0, 1] images (the bundle's ``max_val`` 1)."""
-    return float(PSNRMetric(max_val=1.0)(torch.as_tensor(output)[None, None], torch.as_tensor(target)[None, None]))
+    return float(
+        PSNRMetric(max_val=1.0)(torch.as_tensor(output)[None, None], torch.as_tensor(target)[None, None])
+    )
 
 
 def predict_run(run: str | Path, sites: Mapping[str, str]) -> dict[str, Prediction]:
@@ -126,42 +134,53 @@ def predict_run(run: str | Path, sites: Mapping[str, str]) -> dict[str, Predicti
     config = _read_run(run)
     checkpoint = torch.load(run / CHECKPOINT, weights_only=True)
     bundle, task = config["bundle"], bundle_task(config["bundle"])
-    strategy = make_strategy(bundle, config["strategy"], list(config["sites"]))[0]
-    overrides = {**config["overrides"], **strategy.network_overrides}
+    first_site = next(iter(config["sites"].values()))
+    strategy = make_strategy(bundle, config["strategy"], list(config["sites"]), dataset_dir=first_site)[0]
     # the network simulate() built: sized by the run's first data folder (VQA's vocabulary), shared by the sites
-    network = build_network(bundle, {"dataset_dir": next(iter(config["sites"].values())), **overrides})
-    evaluation = ExchangeObject(weights=checkpoint["global_weights"])
-    evaluation[EXTRA_KEY] = strategy.server_payload(checkpoint["server_state"])  # e.g. the merged bank
+    network = site_network(bundle, strategy, config["overrides"], dataset_dir=first_site)
+    evaluation = evaluation_data(
+        checkpoint["global_weights"], strategy.server_payload(checkpoint["server_state"])
+    )
     results = {}
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as workdir:  # the clients' log folders
-        for name, folder in sites.items():
-            state = checkpoint["sites"]["pooled" if config["pooled"] else name]
-            client = OmniFMClientAlgo(bundle, strategy, site=name, dataset_dir=folder, workdir=workdir,
-                                      train_kwargs=overrides, network=network)
-            client.initialize()
-            client.private_state, client.client_state = state["private_state"], state["client_state"]
+        clients = make_clients(bundle, strategy, sites, network, config["overrides"], workdir=workdir)
+        restore_sites(
+            clients, {name: checkpoint["sites"]["pooled" if config["pooled"] else name] for name in sites}
+        )
+        for name, client in clients.items():
             client.load_for_evaluation(evaluation)
             evaluator = client.test_evaluator()
             # SupervisedEvaluator's iteration, without its metrics and handlers
-            batch = evaluator.prepare_batch(_first_test_item(evaluator), evaluator.state.device, evaluator.non_blocking,
-                                            **evaluator.to_kwargs)
+            batch = evaluator.prepare_batch(
+                _first_test_item(evaluator),
+                evaluator.state.device,
+                evaluator.non_blocking,
+                **evaluator.to_kwargs,
+            )
             inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
             with eval_mode(evaluator.network):
                 logits = evaluator.inferer(inputs, evaluator.network, *args, **kwargs)[0].float().cpu()
             image, target = inputs[0, 0].cpu(), targets[0].cpu()
             if task == "super_resolution":  # evaluate.json clamps the output and the input to [0, 1]
                 output, image, target = logits[0].clamp(0, 1), image.clamp(0, 1), target[0]
-                results[name] = Prediction(image.numpy(), target.numpy(), output.numpy(), psnr(output, target))
+                results[name] = Prediction(
+                    image.numpy(), target.numpy(), output.numpy(), psnr(output, target)
+                )
             elif task == "segmentation":  # argmax of the logits = the bundle's argmax after softmax
                 output, target = logits.argmax(0), target[0]
-                results[name] = Prediction(image.numpy(), target.numpy(), output.numpy(), dice(output, target, len(logits)))
+                results[name] = Prediction(
+                    image.numpy(), target.numpy(), output.numpy(), dice(output, target, len(logits))
+                )
             else:  # classification, VQA: (num_classes,) logits, an integer label
                 results[name] = Prediction(image.numpy(), int(target), int(logits.argmax(0)))
     return results
 
 
-def figure_panels(runs: Mapping[str, str | Path], sites: Sequence[str] | Mapping[str, str | Path] | None = None,
-                  max_sites: int = 6) -> tuple[str, list[tuple[str, list[Panel]]], dict[str, dict[str, Prediction]]]:
+def figure_panels(
+    runs: Mapping[str, str | Path],
+    sites: Sequence[str] | Mapping[str, str | Path] | None = None,
+    max_sites: int = 6,
+) -> tuple[str, list[tuple[str, list[Panel]]], dict[str, dict[str, Prediction]]]:
     """(task, one (site, panels) row per site, label -> site -> prediction): everything the figure draws."""
     if not runs:
         raise ValueError("no runs given.")
@@ -177,21 +196,36 @@ def figure_panels(runs: Mapping[str, str | Path], sites: Sequence[str] | Mapping
         item, first = datalist["test"][0], next(iter(preds.values()))[site]
         by_run = {label: p[site] for label, p in preds.items()}
         if task == "segmentation":
-            panels = [Panel(first.image, f"{site}\ninput"), Panel(first.target, f"{site}\nground truth", "label")]
-            panels += [Panel(p.output, f"{site} | {label}\nDice {p.score:.3f}", "label") for label, p in by_run.items()]
+            panels = [
+                Panel(first.image, f"{site}\ninput"),
+                Panel(first.target, f"{site}\nground truth", "label"),
+            ]
+            panels += [
+                Panel(p.output, f"{site} | {label}\nDice {p.score:.3f}", "label")
+                for label, p in by_run.items()
+            ]
         elif task == "super_resolution":  # one grey scale for every panel, so the restorations compare
             psnr_in = psnr(first.image, first.target)
             panels = [Panel(first.image, f"{site}\nlow-res input\nPSNR {psnr_in:.2f} dB", vmin=0, vmax=1)]
-            panels += [Panel(p.output, f"{site} | {label}\nPSNR {p.score:.2f} dB", vmin=0, vmax=1) for label, p in by_run.items()]
+            panels += [
+                Panel(p.output, f"{site} | {label}\nPSNR {p.score:.2f} dB", vmin=0, vmax=1)
+                for label, p in by_run.items()
+            ]
             panels.append(Panel(first.target, f"{site}\ntarget (high-res)", vmin=0, vmax=1))
         elif task == "classification":
             names = datalist["classes"]
-            lines = [f"{label}: {names[p.output]} {'✓' if p.output == p.target else '✗'}" for label, p in by_run.items()]
+            lines = [
+                f"{label}: {names[p.output]} {'✓' if p.output == p.target else '✗'}"
+                for label, p in by_run.items()
+            ]
             panels = [Panel(first.image, "\n".join([site, f"true: {names[first.target]}", *lines]))]
         else:  # VQA
             answers = datalist["answers"]
             text = [f"Q: {item['question']}", f"true: {answers[first.target]}"]
-            text += [f"{label}: {answers[p.output]} {'✓' if p.output == p.target else '✗'}" for label, p in by_run.items()]
+            text += [
+                f"{label}: {answers[p.output]} {'✓' if p.output == p.target else '✗'}"
+                for label, p in by_run.items()
+            ]
             panels = [Panel(first.image, site, caption="\n".join(textwrap.fill(t, 34) for t in text))]
         rows.append((site, panels))
     return task, rows, preds
@@ -205,12 +239,21 @@ def draw_panels(rows: Sequence[tuple[str, Sequence[Panel]]], output: str | Path)
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    grid = [[p for _, panels in rows for p in panels]] if all(len(p) == 1 for _, p in rows) else [list(p) for _, p in rows]
+    grid = (
+        [[p for _, panels in rows for p in panels]]
+        if all(len(p) == 1 for _, p in rows)
+        else [list(p) for _, p in rows]
+    )
     nrows, ncols = len(grid), max(len(r) for r in grid)
     captions = max((p.caption.count("\n") + 1 for r in grid for p in r if p.caption), default=0)
     # constrained layout keeps multi-line titles clear of the row above
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, (2.4 + 0.13 * captions) * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(1.9 * ncols, (2.4 + 0.13 * captions) * nrows),
+        squeeze=False,
+        layout="constrained",
+    )
     for r in range(nrows):
         for c in range(ncols):
             ax = axes[r, c]
@@ -220,20 +263,29 @@ def draw_panels(rows: Sequence[tuple[str, Sequence[Panel]]], output: str | Path)
             panel = grid[r][c]
             # NIfTI (x, y) arrays: transposed with the origin at the bottom, as a viewer shows an axial slice
             if panel.kind == "label":
-                ax.imshow(panel.image.T, origin="lower", cmap=ListedColormap(LABEL_COLORS), vmin=-0.5,
-                          vmax=len(LABEL_COLORS) - 0.5, interpolation="nearest")
+                ax.imshow(
+                    panel.image.T,
+                    origin="lower",
+                    cmap=ListedColormap(LABEL_COLORS),
+                    vmin=-0.5,
+                    vmax=len(LABEL_COLORS) - 0.5,
+                    interpolation="nearest",
+                )
             else:
                 ax.imshow(panel.image.T, origin="lower", cmap="gray", vmin=panel.vmin, vmax=panel.vmax)
             ax.set_title(panel.title, fontsize=7)
             if panel.caption:
-                ax.text(0.5, -0.04, panel.caption, transform=ax.transAxes, ha="center", va="top", fontsize=6.5)
+                ax.text(
+                    0.5, -0.04, panel.caption, transform=ax.transAxes, ha="center", va="top", fontsize=6.5
+                )
     fig.savefig(output, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return fig
 
 
-def qualitative_figure(runs: Mapping[str, str | Path], output: str | Path, sites: Sequence[str] | None = None,
-                       max_sites: int = 6) -> Path:
+def qualitative_figure(
+    runs: Mapping[str, str | Path], output: str | Path, sites: Sequence[str] | None = None, max_sites: int = 6
+) -> Path:
     """Write the qualitative PNG of ``runs`` (label -> run folder) to ``output`` and return its path.
 
     ``sites``: the site names to show (default: the runs' sites), or a mapping name -> dataset folder (needed
@@ -248,7 +300,9 @@ def qualitative_figure(runs: Mapping[str, str | Path], output: str | Path, sites
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER", help="a run folder, repeated")
+    parser.add_argument(
+        "--run", action="append", required=True, metavar="LABEL=FOLDER", help="a run folder, repeated"
+    )
     parser.add_argument("--output", required=True)
     parser.add_argument("--sites", nargs="*", default=None)
     parser.add_argument("--max_sites", type=int, default=6)

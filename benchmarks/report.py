@@ -27,7 +27,17 @@ from run import ROOT, Cell, load_suite  # noqa: E402
 
 BASELINE_EXCLUDED = ("omnifm", "centralized")  # the best baseline is the best federated or local strategy
 BAR_STRATEGIES = ("local", "fedavg", "fedprox", "fedbn", "ditto", "feddg", "centralized", "omnifm")
-CURVE_STRATEGIES = ("local", "centralized", "fedavg", "fedbn", "fedper", "ditto", "scaffold", "feddg", "omnifm")
+CURVE_STRATEGIES = (
+    "local",
+    "centralized",
+    "fedavg",
+    "fedbn",
+    "fedper",
+    "ditto",
+    "scaffold",
+    "feddg",
+    "omnifm",
+)
 NAMES = {"local": "Local", "centralized": "Centralized", "fedavg": "FedAvg", "fedprox": "FedProx", "fedbn": "FedBN",
          "fedper": "FedPer", "fedrep": "FedRep", "ditto": "Ditto", "scaffold": "SCAFFOLD", "feddyn": "FedDyn",
          "moon": "MOON", "fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi", "feddg": "FedDG",
@@ -42,12 +52,17 @@ class Results:
     def __init__(self, path: Path, metrics: Mapping[str, str]) -> None:
         self.metrics = metrics  # task -> main metric
         self.test: dict[tuple, dict[str, float]] = defaultdict(dict)  # cell key -> site -> value
-        self.curve: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))  # -> round -> sites
+        self.curve: dict[tuple, dict[int, list[float]]] = defaultdict(
+            lambda: defaultdict(list)
+        )  # -> round -> sites
         self.cost: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.commits: set[str] = set()
         with open(path) as f:
             for r in csv.DictReader(f):
-                key, value = (r["task"], r["scenario"], r["strategy"], r["init"], int(r["seed"])), float(r["value"])
+                key, value = (
+                    (r["task"], r["scenario"], r["strategy"], r["init"], int(r["seed"])),
+                    float(r["value"]),
+                )
                 self.commits.add(r["commit"])
                 if r["split"] == "round" and r["metric"] in ("seconds", "upload_bytes"):
                     self.cost[key][r["metric"]].append(value)
@@ -77,10 +92,18 @@ class Results:
         if not cost:
             return float("nan"), float("nan")
         seconds = statistics.fmean(v for c in cost for v in c["seconds"])
-        return seconds, statistics.fmean(sum(c["upload_bytes"]) / max(len(c["seconds"]), 1) for c in cost) / 1e6
+        return seconds, statistics.fmean(
+            sum(c["upload_bytes"]) / max(len(c["seconds"]), 1) for c in cost
+        ) / 1e6
 
     def strategies(self, task: str, scenario: str, init: str = "scratch") -> list[str]:
-        return list(dict.fromkeys(k[2] for k in sorted(self.test, key=lambda k: k[2]) if k[:2] == (task, scenario) and k[3] == init))
+        return list(
+            dict.fromkeys(
+                k[2]
+                for k in sorted(self.test, key=lambda k: k[2])
+                if k[:2] == (task, scenario) and k[3] == init
+            )
+        )
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -112,8 +135,14 @@ def scenario_table(res: Results, task: str, scenario: str, order: Sequence[str])
     sites = list(dict.fromkeys(site for s in strategies for site in per_site[s]))
     columns = {site: {s: per_site[s].get(site, []) for s in strategies} for site in sites}
     columns["average"] = {s: res.site_mean(task, scenario, s) for s in strategies}
-    best = {c: max((s for s in strategies if v[s]), key=lambda s: statistics.fmean(v[s]), default=None) for c, v in columns.items()}
-    lines = [f"| strategy | {' | '.join(sites)} | average | s/round | MB/round |", "|---" * (len(sites) + 4) + "|"]
+    best = {
+        c: max((s for s in strategies if v[s]), key=lambda s: statistics.fmean(v[s]), default=None)
+        for c, v in columns.items()
+    }
+    lines = [
+        f"| strategy | {' | '.join(sites)} | average | s/round | MB/round |",
+        "|---" * (len(sites) + 4) + "|",
+    ]
     for s in strategies:
         cells = [fmt(columns[c][s], digits(metric), best[c] == s) for c in columns]
         seconds, mb = res.cost_per_round(task, scenario, s)
@@ -167,8 +196,14 @@ def compact_table(res: Results, task: str, scenarios: Sequence[str], order: Sequ
     metric, d = res.metrics[task], digits(res.metrics[task])
     strategies = [s for s in order if any(res.seeds(task, sc, s) for sc in scenarios)]
     means = {(s, sc): res.site_mean(task, sc, s) for s in strategies for sc in scenarios}
-    best = {sc: max((s for s in strategies if means[(s, sc)]), key=lambda s: statistics.fmean(means[(s, sc)])) for sc in scenarios}
-    lines = [f"| {task} ({metric}) | {' | '.join(scenarios)} | s/round | MB/round |", "|---" * (len(scenarios) + 3) + "|"]
+    best = {
+        sc: max((s for s in strategies if means[(s, sc)]), key=lambda s: statistics.fmean(means[(s, sc)]))
+        for sc in scenarios
+    }
+    lines = [
+        f"| {task} ({metric}) | {' | '.join(scenarios)} | s/round | MB/round |",
+        "|---" * (len(scenarios) + 3) + "|",
+    ]
     for s in strategies:
         seconds, mb = res.cost_per_round(task, scenarios[0], s)
         cells = [fmt(means[(s, sc)], d, best[sc] == s) for sc in scenarios]
@@ -209,7 +244,11 @@ def ablation_table(res: Results, tasks: Sequence[str], scenario: str, variants: 
         cells = []
         for t in present:
             values, full = res.site_mean(t, scenario, v), res.site_mean(t, scenario, "omnifm")
-            delta = f" ({statistics.fmean(values) - statistics.fmean(full):+.{digits(res.metrics[t])}f})" if values and full and v != "omnifm" else ""
+            delta = (
+                f" ({statistics.fmean(values) - statistics.fmean(full):+.{digits(res.metrics[t])}f})"
+                if values and full and v != "omnifm"
+                else ""
+            )
             cells.append(fmt(values, digits(res.metrics[t])) + delta)
         lines.append(f"| {'OmniFM (all parts)' if v == 'omnifm' else v} | {' | '.join(cells)} |")
     return lines
@@ -228,9 +267,19 @@ def plot_curves(res: Results, task: str, scenarios: Sequence[str], path: Path) -
                 continue
             rounds = sorted(set.intersection(*(set(res.curve[k]) for k in keys)))
             means = [statistics.fmean(statistics.fmean(res.curve[k][r]) for k in keys) for r in rounds]
-            ax.plot([r + 1 for r in rounds], means, marker="o", ms=3, lw=2.4 if s == "omnifm" else 1.2, label=name(s).strip("*"),
-                    color="black" if s == "omnifm" else None, ls="-" if s in ("omnifm", "fedavg", "local", "centralized") else "--")
-        ax.set(title=f"{task}: {scenario}", xlabel="round", ylabel=f"validation {res.metrics[task]} (site mean)")
+            ax.plot(
+                [r + 1 for r in rounds],
+                means,
+                marker="o",
+                ms=3,
+                lw=2.4 if s == "omnifm" else 1.2,
+                label=name(s).strip("*"),
+                color="black" if s == "omnifm" else None,
+                ls="-" if s in ("omnifm", "fedavg", "local", "centralized") else "--",
+            )
+        ax.set(
+            title=f"{task}: {scenario}", xlabel="round", ylabel=f"validation {res.metrics[task]} (site mean)"
+        )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
@@ -272,7 +321,10 @@ def qualitative(suite: Mapping[str, Any], task: str, workdir: Path, path: Path) 
 
     scenario = next(iter(suite["scenarios"]))
     seed = suite["seeds"][0]
-    runs = {name(s).strip("*"): Cell(task, scenario, s, "scratch", seed).folder(workdir) for s in ("fedavg", "omnifm")}
+    runs = {
+        name(s).strip("*"): Cell(task, scenario, s, "scratch", seed).folder(workdir)
+        for s in ("fedavg", "omnifm")
+    }
     if not all((f / "checkpoint.pt").is_file() for f in runs.values()):
         logger.warning("no run folders for the %s qualitative figure under %s; skipped", task, workdir)
         return None
@@ -284,8 +336,14 @@ def qualitative(suite: Mapping[str, Any], task: str, workdir: Path, path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------------- main
-def write_report(suite: Mapping[str, Any], results: Path, output: Path, plots: Path, workdir: Path | None = None,
-                 readme: Path | None = None) -> Path:
+def write_report(
+    suite: Mapping[str, Any],
+    results: Path,
+    output: Path,
+    plots: Path,
+    workdir: Path | None = None,
+    readme: Path | None = None,
+) -> Path:
     metrics = {t: spec["metric"] for t, spec in suite["tasks"].items()}
     res = Results(results, metrics)
     tasks = [t for t in suite["tasks"] if any(k[0] == t and k[1] in suite["scenarios"] for k in res.test)]
@@ -296,8 +354,10 @@ def write_report(suite: Mapping[str, Any], results: Path, output: Path, plots: P
     plots.mkdir(parents=True, exist_ok=True)
     rel = lambda p: Path(os.path.relpath(p, output.parent)).as_posix()  # noqa: E731  # links from the report
     pre = suite.get("pretraining") or {}
-    command = (f"Made by `python benchmarks/run.py --suite {suite['name']} --workers 2` then "
-               f"`python benchmarks/report.py --suite {suite['name']}`.")
+    command = (
+        f"Made by `python benchmarks/run.py --suite {suite['name']} --workers 2` then "
+        f"`python benchmarks/report.py --suite {suite['name']}`."
+    )
     out = [
         f"# Benchmark: suite `{suite['name']}`", "", command, "",
         f"Results: `{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}`, commit(s) {', '.join(sorted(res.commits))}. "
@@ -314,7 +374,10 @@ def write_report(suite: Mapping[str, Any], results: Path, output: Path, plots: P
             out += [f"### {scenario}", "", *scenario_table(res, task, scenario, order), ""]
             m = margin(res, task, scenario)
             if m is not None:
-                out += [f"OmniFM minus the best baseline ({name(m['best']).strip('*')}): {m['margin']:+.{digits(metrics[task])}f}.", ""]
+                out += [
+                    f"OmniFM minus the best baseline ({name(m['best']).strip('*')}): {m['margin']:+.{digits(metrics[task])}f}.",
+                    "",
+                ]
         curves = plot_curves(res, task, scenarios, plots / f"{task}_curves.png")
         bars = plot_sites(res, task, scenarios[0], plots / f"{task}_sites.png")
         out += [f"![{task} curves]({rel(curves)})", "", f"![{task} per site]({rel(bars)})", ""]
@@ -347,8 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", help="results CSV (default benchmarks/results/<suite>.csv)")
     parser.add_argument("--output", help="markdown report (default benchmarks/results/<suite>.md)")
     parser.add_argument("--plots", help="PNG folder (default docs/benchmarks/<suite>)")
-    parser.add_argument("--workdir", help="run folders, for the qualitative figures (default outputs/benchmarks/<suite>)")
-    parser.add_argument("--readme", help="also put the summary tables between the benchmark markers of this file")
+    parser.add_argument(
+        "--workdir", help="run folders, for the qualitative figures (default outputs/benchmarks/<suite>)"
+    )
+    parser.add_argument(
+        "--readme", help="also put the summary tables between the benchmark markers of this file"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     suite = load_suite(args.suite)

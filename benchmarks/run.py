@@ -35,7 +35,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "benchmarks" / "suites"
-FIELDS = ("task", "scenario", "strategy", "init", "seed", "round", "site", "split", "metric", "value", "commit")
+FIELDS = (
+    "task",
+    "scenario",
+    "strategy",
+    "init",
+    "seed",
+    "round",
+    "site",
+    "split",
+    "metric",
+    "value",
+    "commit",
+)
 CELL_FIELDS = ("task", "scenario", "strategy", "init", "seed")
 PRETRAINING = "pretraining"  # the scenario name of the central pre-training runs that fine-tuning starts from
 INITS = ("scratch", "pretrained")
@@ -71,7 +83,9 @@ def load_suite(name: str | Path) -> dict[str, Any]:
     """A suite by name (``benchmarks/suites/<name>.yaml``) or path, checked."""
     path = Path(name) if Path(name).suffix in (".yaml", ".yml") else SUITES / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"suite {name!r}: no file {path}; suites: {sorted(p.stem for p in SUITES.glob('*.yaml'))}.")
+        raise FileNotFoundError(
+            f"suite {name!r}: no file {path}; suites: {sorted(p.stem for p in SUITES.glob('*.yaml'))}."
+        )
     suite = yaml.safe_load(path.read_text())
     check_suite(suite, path)
     return {"name": path.stem, **suite}
@@ -92,12 +106,18 @@ def check_suite(suite: Any, path: Path) -> None:
     variants = suite.get("variants") or {}
     for label, variant in variants.items():
         if variant.get("strategy") not in STRATEGIES:
-            fail(f"variant `{label}` names an unknown strategy {variant.get('strategy')!r}; known: {sorted(STRATEGIES)}.")
+            fail(
+                f"variant `{label}` names an unknown strategy {variant.get('strategy')!r}; known: {sorted(STRATEGIES)}."
+            )
     for task, spec in suite["tasks"].items():
         if not (ROOT / spec.get("bundle", "")).is_dir():
             fail(f"task `{task}`: bundle {spec.get('bundle')!r} is not a folder of this project.")
     for i, exp in enumerate(suite["experiments"]):
-        for key, known in (("tasks", suite["tasks"]), ("scenarios", suite["scenarios"]), ("strategies", {**STRATEGIES, **variants})):
+        for key, known in (
+            ("tasks", suite["tasks"]),
+            ("scenarios", suite["scenarios"]),
+            ("strategies", {**STRATEGIES, **variants}),
+        ):
             unknown = sorted(set(exp.get(key) or []) - set(known))
             if unknown:
                 fail(f"experiment {i + 1}: unknown {key} {unknown}; known: {sorted(known)}.")
@@ -106,7 +126,9 @@ def check_suite(suite: Any, path: Path) -> None:
         if exp.get("init", "scratch") not in INITS:
             fail(f"experiment {i + 1}: init must be one of {INITS}, not {exp.get('init')!r}.")
         if exp.get("init") == "pretrained" and "pretraining" not in suite:
-            fail(f"experiment {i + 1} fine-tunes (init: pretrained) but the suite has no `pretraining` section.")
+            fail(
+                f"experiment {i + 1} fine-tunes (init: pretrained) but the suite has no `pretraining` section."
+            )
 
 
 def expand(suite: Mapping[str, Any]) -> list[Cell]:
@@ -116,10 +138,15 @@ def expand(suite: Mapping[str, Any]) -> list[Cell]:
         for task in exp.get("tasks") or suite["tasks"]:
             for scenario in exp.get("scenarios") or suite["scenarios"]:
                 for strategy in exp["strategies"]:
-                    cells += [Cell(task, scenario, strategy, exp.get("init", "scratch"), s) for s in exp.get("seeds") or suite["seeds"]]
+                    cells += [
+                        Cell(task, scenario, strategy, exp.get("init", "scratch"), s)
+                        for s in exp.get("seeds") or suite["seeds"]
+                    ]
     pre = suite.get("pretraining") or {}
     tasks = dict.fromkeys(c.task for c in cells if c.init == "pretrained")
-    first = [Cell(t, PRETRAINING, pre.get("strategy", "centralized"), "scratch", pre.get("seed", 0)) for t in tasks]
+    first = [
+        Cell(t, PRETRAINING, pre.get("strategy", "centralized"), "scratch", pre.get("seed", 0)) for t in tasks
+    ]
     return list(dict.fromkeys(first + cells))  # unique, order kept
 
 
@@ -130,19 +157,29 @@ def pretraining_cell(suite: Mapping[str, Any], task: str) -> Cell:
 
 def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict[str, Any]:
     """The :func:`simulate` arguments of a cell: suite settings, then the task's, then the variant's."""
-    from omnifm_monai.fl.simulator import bundle_task
+    from omnifm_monai.fl.bundle import bundle_task
 
     task = suite["tasks"][cell.task]
     variant = (suite.get("variants") or {}).get(cell.strategy, {"strategy": cell.strategy})
     sites_dir = workdir / "sites"
     bundle = ROOT / task["bundle"]
-    names = suite["pretraining"]["sites"] if cell.scenario == PRETRAINING else suite["scenarios"][cell.scenario]
+    names = (
+        suite["pretraining"]["sites"] if cell.scenario == PRETRAINING else suite["scenarios"][cell.scenario]
+    )
     datalist = bundle_task(bundle)
-    sites = [s for s in names if (sites_dir / s / f"{datalist}.json").is_file()]  # e.g. CT has no segmentation labels
+    sites = [
+        s for s in names if (sites_dir / s / f"{datalist}.json").is_file()
+    ]  # e.g. CT has no segmentation labels
     if not sites:
-        raise FileNotFoundError(f"cell {cell}: none of the sites {names} under {sites_dir} has a {datalist}.json.")
+        raise FileNotFoundError(
+            f"cell {cell}: none of the sites {names} under {sites_dir} has a {datalist}.json."
+        )
     pre = suite.get("pretraining") or {}
-    rounds = pre.get("rounds", suite["rounds"]) if cell.scenario == PRETRAINING else task.get("rounds", suite["rounds"])
+    rounds = (
+        pre.get("rounds", suite["rounds"])
+        if cell.scenario == PRETRAINING
+        else task.get("rounds", suite["rounds"])
+    )
     return {
         "bundle": str(bundle),
         "strategy": variant["strategy"],
@@ -151,20 +188,29 @@ def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict
         "output": str(cell.folder(workdir)),
         "sites": {s: str(sites_dir / s) for s in sites},
         "seed": cell.seed,
-        "overrides": {**(suite.get("overrides") or {}), **(task.get("overrides") or {}), **(variant.get("overrides") or {})},
+        "overrides": {
+            **(suite.get("overrides") or {}),
+            **(task.get("overrides") or {}),
+            **(variant.get("overrides") or {}),
+        },
         "strategy_options": variant.get("options") or {},
-        "init_weights": str(pretraining_cell(suite, cell.task).folder(workdir) / "global_model.pt") if cell.init == "pretrained" else None,
+        "init_weights": str(pretraining_cell(suite, cell.task).folder(workdir) / "global_model.pt")
+        if cell.init == "pretrained"
+        else None,
     }
 
 
 # ---------------------------------------------------------------------------------------------------- running
 def commit() -> str:
     """HEAD's short hash, ``+dirty`` when the code that makes the results differs from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) else "")
+    return head + (
+        "+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) else ""
+    )
 
 
 def run_cell(suite: Mapping[str, Any], cell: Cell, workdir: Path, revision: str) -> list[dict[str, Any]]:
@@ -253,7 +299,9 @@ def parse_only(only: Sequence[str]) -> dict[str, set[str]]:
     return filters
 
 
-def run_suite(suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequence[str] = (), workers: int = 1) -> list[str]:
+def run_suite(
+    suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequence[str] = (), workers: int = 1
+) -> list[str]:
     """Run the selected cells that are not in ``results`` yet; returns the problems :func:`check_results` finds."""
     from omnifm_monai.data import build_reference_sites
 
@@ -264,7 +312,14 @@ def run_suite(suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequ
     selected = [c for c in cells if c in selected or c in needed]
     done = completed(results)
     todo = [c for c in selected if c.key not in done]
-    logger.info("suite %s: %d cells selected, %d already in %s, %d to run", suite["name"], len(selected), len(selected) - len(todo), results, len(todo))
+    logger.info(
+        "suite %s: %d cells selected, %d already in %s, %d to run",
+        suite["name"],
+        len(selected),
+        len(selected) - len(todo),
+        results,
+        len(todo),
+    )
     sites_dir = workdir / "sites"
     if todo and not (sites_dir / "sites.json").is_file():
         scenario_sites = [s for sites in suite["scenarios"].values() for s in sites]
@@ -290,19 +345,38 @@ def run_suite(suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequ
             else:
                 append(results, rows)
             elapsed = time.perf_counter() - started
-            logger.info("[%d/%d] %s %s in %.1fs (elapsed %.0fs, left about %.0fs)", finished, len(todo), cell,
-                        "failed" if rows is None else "done", seconds, elapsed, elapsed / finished * (len(todo) - finished))
+            logger.info(
+                "[%d/%d] %s %s in %.1fs (elapsed %.0fs, left about %.0fs)",
+                finished,
+                len(todo),
+                cell,
+                "failed" if rows is None else "done",
+                seconds,
+                elapsed,
+                elapsed / finished * (len(todo) - finished),
+            )
         if workers > 1:
             pool.shutdown()
     return [f"{c}: failed: {e}" for c, e in failed.items()] + check_results(selected, results)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suite", default="quick", help="suite name under benchmarks/suites/ or a YAML path")
-    parser.add_argument("--only", action="append", default=[], help="KEY=V1,V2 with KEY in task, scenario, strategy, init, seed")
-    parser.add_argument("--workers", type=int, default=1, help="cells run in parallel (each gets cores / workers threads)")
-    parser.add_argument("--workdir", help="run folders and reference data (default outputs/benchmarks/<suite>)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="KEY=V1,V2 with KEY in task, scenario, strategy, init, seed",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="cells run in parallel (each gets cores / workers threads)"
+    )
+    parser.add_argument(
+        "--workdir", help="run folders and reference data (default outputs/benchmarks/<suite>)"
+    )
     parser.add_argument("--results", help="results CSV (default benchmarks/results/<suite>.csv)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -312,7 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = run_suite(suite, workdir, results, args.only, args.workers)
     for problem in problems:
         logger.error(problem)
-    logger.info("%s: %s", results, "every selected cell ran, every metric finite" if not problems else f"{len(problems)} problem(s)")
+    logger.info(
+        "%s: %s",
+        results,
+        "every selected cell ran, every metric finite" if not problems else f"{len(problems)} problem(s)",
+    )
     return 1 if problems else 0
 
 

@@ -2,7 +2,7 @@
 
 NVFlare starts this script on every site (``federated/job.py`` builds the job). Each round the site receives
 the global shared weights and the strategy payload, evaluates the global model on its validation split,
-runs :func:`omnifm_monai.fl.client_round` (the per-site round the in-process simulator runs, seeded the same
+runs :func:`omnifm_monai.fl.engine.client_round` (the per-site round the in-process simulator runs, seeded the same
 way), and sends its update. The site's data folder comes from ``--dataset_dir`` or, when absent, from the
 ``OMNIFM_DATASET_DIR`` environment variable of the site (production: the job carries no hospital paths).
 """
@@ -17,35 +17,60 @@ from pathlib import Path
 
 import nvflare.client as flare
 import torch
-from monai.fl.utils.exchange_object import ExchangeObject
-from monai.utils import set_determinism
 
-from omnifm_monai.fl import EXTRA_KEY, OmniFMClientAlgo, client_round
-from omnifm_monai.fl.nvflare import make_strategy, payload_from_meta, to_torch, update_to_flmodel
-from omnifm_monai.fl.simulator import build_network
+from omnifm_monai.fl.engine import client_round, evaluation_data, make_clients, make_strategy, site_network
+from omnifm_monai.fl.nvflare import payload_from_meta, to_torch, update_to_flmodel
 
 DATASET_ENV = "OMNIFM_DATASET_DIR"
 logger = logging.getLogger("omnifm_monai.fl.nvflare.client")
 
 
-DEFAULTS = {"bundle": None, "strategy": "omnifm", "strategy_options": {}, "overrides": {}, "seed": 0, "local_epochs": 1,
-            "send_weight_diff": False}
+DEFAULTS = {
+    "bundle": None,
+    "strategy": "omnifm",
+    "strategy_options": {},
+    "overrides": {},
+    "seed": 0,
+    "local_epochs": 1,
+    "send_weight_diff": False,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line > ``--job_config`` (the JSON file job.py ships next to this script) > defaults."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--job_config", default=None, help="JSON with any of the options below (job.py writes omnifm_job.json)")
-    p.add_argument("--bundle", default=None, help="bundle folder; a relative path is looked up next to this script first")
+    p.add_argument(
+        "--job_config",
+        default=None,
+        help="JSON with any of the options below (job.py writes omnifm_job.json)",
+    )
+    p.add_argument(
+        "--bundle", default=None, help="bundle folder; a relative path is looked up next to this script first"
+    )
     p.add_argument("--strategy", default=None, help="strategy name (default omnifm)")
-    p.add_argument("--strategy_options", default=None, help="JSON: the strategy options (the server uses the same)")
+    p.add_argument(
+        "--strategy_options", default=None, help="JSON: the strategy options (the server uses the same)"
+    )
     p.add_argument("--dataset_dir", default=None, help=f"this site's data folder (default: ${DATASET_ENV})")
     p.add_argument("--local_epochs", type=int, default=None, help="epochs per round (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="run seed (default 0); rounds are seeded as in the simulator")
-    p.add_argument("--site_index", type=int, default=None, help="seed index of this site (default: its position in the strategy's `sites`, else 0)")
-    p.add_argument("--workdir", default=None, help="per-site checkpoints and logs (default: omnifm_work under the working directory)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="run seed (default 0); rounds are seeded as in the simulator"
+    )
+    p.add_argument(
+        "--site_index",
+        type=int,
+        default=None,
+        help="seed index of this site (default: its position in the strategy's `sites`, else 0)",
+    )
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="per-site checkpoints and logs (default: omnifm_work under the working directory)",
+    )
     p.add_argument("--overrides", default=None, help='JSON bundle overrides, e.g. {"image_size": 32}')
-    p.add_argument("--send_weight_diff", action="store_true", default=None, help="send local - global (labelled DIFF)")
+    p.add_argument(
+        "--send_weight_diff", action="store_true", default=None, help="send local - global (labelled DIFF)"
+    )
     args = p.parse_args(argv)
     config = dict(DEFAULTS)
     if args.job_config:
@@ -83,22 +108,36 @@ def main(argv=None) -> None:
     site = flare.get_site_name()
     dataset_dir = args.dataset_dir or os.environ.get(DATASET_ENV)
     if not dataset_dir:
-        raise RuntimeError(f"site {site}: no data folder; pass --dataset_dir or set {DATASET_ENV} on the site.")
+        raise RuntimeError(
+            f"site {site}: no data folder; pass --dataset_dir or set {DATASET_ENV} on the site."
+        )
     bundle = resolve_bundle(args.bundle)
     options = dict(args.strategy_options)
-    strategy, _ = make_strategy(bundle, args.strategy, options.get("sites", []), options)
+    strategy, _ = make_strategy(
+        bundle, args.strategy, options.get("sites", []), options, dataset_dir=dataset_dir
+    )
     sites = list(options.get("sites") or [])
     index = args.site_index if args.site_index is not None else (sites.index(site) if site in sites else 0)
-    overrides = {**args.overrides, **strategy.network_overrides}
-
     # the network as the simulator builds it (same seed -> the same private state at the start)
-    set_determinism(args.seed)
-    network = build_network(Path(bundle), {"dataset_dir": dataset_dir, **overrides})
-    client = OmniFMClientAlgo(bundle, strategy, site=site, dataset_dir=dataset_dir, local_epochs=args.local_epochs,
-                              send_weight_diff=args.send_weight_diff, workdir=args.workdir or os.path.abspath("omnifm_work"),
-                              train_kwargs=overrides, network=network)
-    client.initialize()
-    logger.info("site %s (index %d) ready: bundle %s, strategy %s, data %s", site, index, bundle, strategy.name, dataset_dir)
+    network = site_network(bundle, strategy, args.overrides, args.seed, dataset_dir=dataset_dir)
+    client = make_clients(
+        bundle,
+        strategy,
+        {site: dataset_dir},
+        network,
+        args.overrides,
+        local_epochs=args.local_epochs,
+        send_weight_diff=args.send_weight_diff,
+        workdir=args.workdir or os.path.abspath("omnifm_work"),
+    )[site]
+    logger.info(
+        "site %s (index %d) ready: bundle %s, strategy %s, data %s",
+        site,
+        index,
+        bundle,
+        strategy.name,
+        dataset_dir,
+    )
 
     while flare.is_running():
         received = flare.receive()
@@ -108,14 +147,14 @@ def main(argv=None) -> None:
         payload = payload_from_meta(received.meta, strategy, global_weights)
         # metrics of the global model as received (the previous round's aggregate, with its merged bank)
         # with this site's private state
-        evaluation = ExchangeObject(weights=global_weights)
-        evaluation[EXTRA_KEY] = payload
-        metrics = client.evaluate(evaluation).metrics
+        metrics = client.evaluate(evaluation_data(global_weights, payload)).metrics
         if flare.is_evaluate():  # a validation task (e.g. NVFlare's cross-site evaluation)
             flare.send(flare.FLModel(metrics=metrics))
             continue
         if not flare.is_train():
-            raise RuntimeError(f"site {site}: task {flare.get_task_name()!r} is not supported (train and validate are).")
+            raise RuntimeError(
+                f"site {site}: task {flare.get_task_name()!r} is not supported (train and validate are)."
+            )
         update = client_round(client, global_weights, payload, args.seed, received.current_round, index)
         iterations = client.trainer.state.iteration - client.iter_of_start_time
         logger.info("site %s round %s: %s", site, received.current_round, metrics)

@@ -32,20 +32,21 @@ import torch
 from nvflare.app_opt.pt.recipes import FedAvgRecipe
 from nvflare.recipe import PocEnv, SimEnv, set_per_site_config
 
+from omnifm_monai.fl.bundle import key_metric
+from omnifm_monai.fl.engine import make_strategy
 from omnifm_monai.fl.nvflare import (
     REJECTED,
     SITE_METRICS,
     StrategyAggregator,
+    federated_rounds,
     initial_checkpoint,
-    make_strategy,
     network_spec,
     read_global_model,
 )
-from omnifm_monai.fl.strategies import STRATEGIES
+from omnifm_monai.fl.strategies import STRATEGIES, Strategy, strategy_class
 
 HERE = Path(__file__).resolve().parent
-NOT_FEDERATED = ("local", "centralized")  # no global model (local) / one pooled site (centralized): use the simulator
-FEDERATED = tuple(s for s in STRATEGIES if s not in NOT_FEDERATED)
+FEDERATED = tuple(s for s in STRATEGIES if federated_rounds(STRATEGIES[s]))  # the built-in ones NVFlare runs
 RESULT_MODEL = "FL_global_model.pt"
 JOB_CONFIG = "omnifm_job.json"
 INITIAL_CKPT = "initial_global_model.pt"
@@ -69,19 +70,13 @@ def _stage(bundle: Path, staging: Path) -> Path:
     relative files against the working directory and ship them, so they are built and run from here."""
     shutil.rmtree(staging / BUNDLE_FILES, ignore_errors=True)
     # JSON configs only: `nvflare job submit` parses every *.conf in the job as a job config (logging.conf fails)
-    shutil.copytree(bundle / "configs", staging / BUNDLE_FILES / bundle.name / "configs",
-                    ignore=lambda folder, names: [n for n in names if not n.endswith(".json")])
+    shutil.copytree(
+        bundle / "configs",
+        staging / BUNDLE_FILES / bundle.name / "configs",
+        ignore=lambda folder, names: [n for n in names if not n.endswith(".json")],
+    )
     shutil.copy(HERE / "client.py", staging / "client.py")
     return staging / BUNDLE_FILES / bundle.name
-
-
-def _key_metric(bundle: Path) -> str:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    metric = parser.get("validate::key_metric", {})
-    return next(iter(metric)) if isinstance(metric, dict) and metric else "accuracy"
 
 
 def build_recipe(
@@ -100,36 +95,55 @@ def build_recipe(
     staging: str | None = None,
     name: str | None = None,
     command: str | None = None,
+    native_fedavg: bool = False,
 ) -> FedAvgRecipe:
     """The job as a recipe. ``site_dirs`` puts each site's ``--dataset_dir`` in the job (simulation, PoC);
     without it every site reads ``OMNIFM_DATASET_DIR`` from its own environment (production). ``external``
     starts each site's script as its own process with ``command`` (default: this Python; give the sites'
-    interpreter, e.g. ``python3 -u``, for an exported job)."""
-    if strategy not in FEDERATED:
-        raise ValueError(f"strategy {strategy!r} is not a federated round ({NOT_FEDERATED} run in the simulator); choose one of {FEDERATED}.")
+    interpreter, e.g. ``python3 -u``, for an exported job). ``native_fedavg`` leaves the aggregation to NVFlare's
+    own FedAvg (the recipe's default aggregator) instead of :class:`StrategyAggregator`: an independent check
+    of our ``fedavg``, and nothing else (no payload, no private keys on the server)."""
+    federated_rounds(strategy, check=True)
+    if native_fedavg and strategy_class(strategy) is not Strategy:
+        raise ValueError(f"native_fedavg runs NVFlare's own FedAvg: it checks `fedavg`, not {strategy!r}.")
     bundle_dir = Path(bundle).resolve()
-    site_dirs = {s: str(Path(d).resolve()) for s, d in site_dirs.items()} if site_dirs else None  # before any chdir
+    site_dirs = (
+        {s: str(Path(d).resolve()) for s, d in site_dirs.items()} if site_dirs else None
+    )  # before any chdir
     overrides = dict(overrides or {})
-    strat, options = make_strategy(bundle_dir, strategy, sites, strategy_options)
+    strat, options = make_strategy(
+        bundle_dir, strategy, sites, strategy_options, dataset_dir=overrides.get("dataset_dir")
+    )
     staging_dir = Path(staging or tempfile.mkdtemp(prefix="omnifm_nvflare_")).resolve()
     staged = _stage(bundle_dir, staging_dir)
     initial_checkpoint(staging_dir / INITIAL_CKPT, bundle_dir, strat, overrides, seed)
     # everything but the site's index and data path goes in a file shipped with the job: NVFlare splits
     # train_args on whitespace (in-process) or with shell rules (external), neither safe for JSON
-    job_config = {"bundle": staged.name, "strategy": strategy, "strategy_options": options, "overrides": overrides,
-                  "seed": seed, "local_epochs": local_epochs, "send_weight_diff": send_weight_diff}
+    job_config = {
+        "bundle": staged.name,
+        "strategy": strategy,
+        "strategy_options": options,
+        "overrides": overrides,
+        "seed": seed,
+        "local_epochs": local_epochs,
+        "send_weight_diff": send_weight_diff,
+    }
     (staging_dir / JOB_CONFIG).write_text(json.dumps(job_config, indent=2))
     with _cwd(staging_dir):
         recipe = FedAvgRecipe(
-            name=name or f"omnifm_{strategy}",
-            model=network_spec(bundle_dir, strat, overrides),  # built on the server only to name the architecture
+            name=name or f"omnifm_{re.sub(r'[^A-Za-z0-9_-]', '_', strategy)}",
+            model=network_spec(
+                bundle_dir, strat, overrides
+            ),  # built on the server only to name the architecture
             initial_ckpt=INITIAL_CKPT,  # relative: shipped in the server app; the simulator's initial weights
             min_clients=len(sites),
             num_rounds=rounds,
             train_script="client.py",
             train_args=f"--job_config {JOB_CONFIG}",
-            aggregator=StrategyAggregator(strategy, options, min_updates=min_updates or 1, sites=list(sites)),
-            key_metric=_key_metric(bundle_dir),
+            aggregator=None
+            if native_fedavg
+            else StrategyAggregator(strategy, options, min_updates=min_updates or 1, sites=list(sites)),
+            key_metric=key_metric(bundle_dir),
             launch_external_process=external,
             command=command or f"{sys.executable} -u",
         )
@@ -139,10 +153,14 @@ def build_recipe(
             if site_dirs:
                 folder = site_dirs[site]
                 if any(c.isspace() for c in folder):
-                    raise ValueError(f"NVFlare splits script arguments on whitespace: move {folder!r} or use OMNIFM_DATASET_DIR.")
+                    raise ValueError(
+                        f"NVFlare splits script arguments on whitespace: move {folder!r} or use OMNIFM_DATASET_DIR."
+                    )
                 args.append(f"--dataset_dir {folder}")
             per_site[site] = {"train_args": " ".join(args)}
         set_per_site_config(recipe, per_site)  # right after construction, before any client customisation
+        # omnifm_monai is installed on the server and every site: never ship (and shadow) a copy of it
+        recipe._job.set_app_packages(["omnifm_monai"])  # FedJob API; recipes keep their job private
         recipe.add_client_file(BUNDLE_FILES)  # -> custom/<bundle name>/configs
         recipe.add_client_file(JOB_CONFIG)
     recipe.staging_dir = staging_dir
@@ -172,7 +190,9 @@ class _PocEnv(PocEnv):
             except Exception as err:
                 if attempt == self.attempts:
                     raise
-                print(f"PoC submission failed ({err!r}); restarting the PoC services (attempt {attempt + 1} of {self.attempts})")
+                print(
+                    f"PoC submission failed ({err!r}); restarting the PoC services (attempt {attempt + 1} of {self.attempts})"
+                )
                 time.sleep(5 * attempt)
 
     def stop(self, clean_up: bool = False) -> None:
@@ -181,10 +201,18 @@ class _PocEnv(PocEnv):
             if not self._check_poc_running():
                 return
             time.sleep(5 * attempt)
-        raise RuntimeError(f"the PoC services did not stop: run `NVFLARE_POC_WORKSPACE={self.poc_workspace} nvflare poc stop`.")
+        raise RuntimeError(
+            f"the PoC services did not stop: run `NVFLARE_POC_WORKSPACE={self.poc_workspace} nvflare poc stop`."
+        )
 
 
-def run(recipe: FedAvgRecipe, sites: list[str], env: str = "sim", workspace: str | None = None, timeout: float = 1800) -> Path:
+def run(
+    recipe: FedAvgRecipe,
+    sites: list[str],
+    env: str = "sim",
+    workspace: str | None = None,
+    timeout: float = 1800,
+) -> Path:
     """Run in SimEnv (one process tree) or PocEnv (server, clients, admin as separate processes on
     loopback); returns the folder that holds the server's result."""
     workspace = str(Path(workspace or tempfile.mkdtemp(prefix="omnifm_nvflare_ws_")).resolve())
@@ -205,14 +233,18 @@ def run(recipe: FedAvgRecipe, sites: list[str], env: str = "sim", workspace: str
             job_id = execution.get_job_id()
             downloaded = execution.get_result(timeout=timeout, clean_up=False)
             if downloaded is None:
-                raise RuntimeError(f"the PoC job {job_id} produced no result (status {execution.get_status()}).")
+                raise RuntimeError(
+                    f"the PoC job {job_id} produced no result (status {execution.get_status()})."
+                )
             # the download and the sites' logs live in the PoC workspace, which is removed below: keep them
             result = Path(workspace) / "poc_result" / job_id
             shutil.copytree(downloaded, result, dirs_exist_ok=True)
             for site in sites:
                 target = result / "site_logs" / site
                 target.mkdir(parents=True, exist_ok=True)
-                for log in glob.glob(os.path.join(poc_workspace, "**", site, job_id, "*log*.txt"), recursive=True):
+                for log in glob.glob(
+                    os.path.join(poc_workspace, "**", site, job_id, "*log*.txt"), recursive=True
+                ):
                     shutil.copy(log, target)
             return result
         finally:
@@ -225,7 +257,10 @@ def run(recipe: FedAvgRecipe, sites: list[str], env: str = "sim", workspace: str
 
 def round_seconds(result_dir: str | Path) -> list[float]:
     """Wall time of each round from the server log (round start to the next round's start / the end)."""
-    logs = sorted(glob.glob(str(Path(result_dir) / "**" / "log.txt"), recursive=True), key=lambda p: ("server" not in p, "workspace" not in p))
+    logs = sorted(
+        glob.glob(str(Path(result_dir) / "**" / "log.txt"), recursive=True),
+        key=lambda p: ("server" not in p, "workspace" not in p),
+    )
     marks, last = [], None
     for line in Path(logs[0]).read_text().splitlines() if logs else []:
         stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)", line)
@@ -243,35 +278,58 @@ def find_result_model(result_dir: str | Path) -> Path:
     return Path(models[0])
 
 
-def check_result(result_dir: str | Path, strategy: str, rounds: int, strategy_options: dict | None = None,
-                 bundle: str | None = None, sites: list[str] | None = None) -> dict[str, Any]:
+def check_result(
+    result_dir: str | Path,
+    strategy: str,
+    rounds: int,
+    strategy_options: dict | None = None,
+    bundle: str | None = None,
+    sites: list[str] | None = None,
+) -> dict[str, Any]:
     """Weights, server state and meta of a finished job, after checking that it really finished: the model
     exists, its meta is at the last round, its weights are finite, and no error log has content.
     (NVFlare may exit 0 after a failed job: never trust the exit code alone.)"""
-    errors = [p for p in glob.glob(str(Path(result_dir) / "**" / "error_log.txt"), recursive=True) if Path(p).read_text().strip()]
+    errors = [
+        p
+        for p in glob.glob(str(Path(result_dir) / "**" / "error_log.txt"), recursive=True)
+        if Path(p).read_text().strip()
+    ]
     if errors:
         raise RuntimeError(f"the job logged errors: {errors[0]}:\n{Path(errors[0]).read_text()[:2000]}")
     path = find_result_model(result_dir)
     strat = make_strategy(bundle, strategy, sites or [], strategy_options)[0] if bundle else None
     weights, state, meta = read_global_model(path, strat)
     if meta.get("current_round") != rounds - 1:
-        raise RuntimeError(f"{path} is at round {meta.get('current_round')}, expected {rounds - 1}: the job stopped early.")
+        raise RuntimeError(
+            f"{path} is at round {meta.get('current_round')}, expected {rounds - 1}: the job stopped early."
+        )
     if not weights or any(v.is_floating_point() and not torch.isfinite(v).all() for v in weights.values()):
         raise RuntimeError(f"{path} holds no or non-finite weights.")
-    return {"path": path, "weights": weights, "state": state, "meta": meta}
+    return {
+        "path": path,
+        "weights": weights,
+        "state": state,
+        "meta": meta,
+        "artifacts": strat.artifacts(state) if strat else {},
+    }
 
 
 def write_output(result: dict[str, Any], output: str | Path) -> Path:
-    """``global_model.pt`` (shared weights), ``server_state.pt``, ``bank.pt`` (OmniFM) and ``result.json``."""
+    """``global_model.pt`` (shared weights), ``server_state.pt``, the strategy's artifacts (OmniFM: ``bank.pt``)
+    and ``result.json``."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result["weights"], out / "global_model.pt")
     torch.save(result["state"], out / "server_state.pt")
-    if "bank" in result["state"]:
-        torch.save(result["state"]["bank"], out / "bank.pt")
+    for filename, artifact in result.get("artifacts", {}).items():
+        torch.save(artifact, out / filename)
     meta = result["meta"]
-    summary = {"source": str(result["path"]), "current_round": meta.get("current_round"),
-               "site_metrics_of_previous_global": meta.get(SITE_METRICS), "rejected": meta.get(REJECTED)}
+    summary = {
+        "source": str(result["path"]),
+        "current_round": meta.get("current_round"),
+        "site_metrics_of_previous_global": meta.get(SITE_METRICS),
+        "rejected": meta.get(REJECTED),
+    }
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     return out
 
@@ -279,33 +337,79 @@ def write_output(result: dict[str, Any], output: str | Path) -> Path:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True)
-    p.add_argument("--strategy", default="omnifm", choices=FEDERATED)
+    p.add_argument(
+        "--strategy",
+        default="omnifm",
+        help=f"one of {', '.join(FEDERATED)}, or a dotted path to a Strategy subclass",
+    )
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sites", required=True, help="comma-separated site names (NVFlare client names)")
-    p.add_argument("--reference_dir", default="outputs/reference_sites", help="site data at <reference_dir>/<site> (sim, poc)")
-    p.add_argument("--site_dirs", default=None, help='JSON {"site": "data folder"} instead of --reference_dir')
+    p.add_argument(
+        "--reference_dir",
+        default="outputs/reference_sites",
+        help="site data at <reference_dir>/<site> (sim, poc)",
+    )
+    p.add_argument(
+        "--site_dirs", default=None, help='JSON {"site": "data folder"} instead of --reference_dir'
+    )
     p.add_argument("--env", default="sim", choices=["sim", "poc"])
-    p.add_argument("--export_dir", default=None, help="export the job folder here (production) instead of running it")
-    p.add_argument("--data_from_env", action="store_true", help="put no data paths in the job: sites read OMNIFM_DATASET_DIR")
+    p.add_argument(
+        "--export_dir", default=None, help="export the job folder here (production) instead of running it"
+    )
+    p.add_argument(
+        "--data_from_env",
+        action="store_true",
+        help="put no data paths in the job: sites read OMNIFM_DATASET_DIR",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local_epochs", type=int, default=1)
     p.add_argument("--overrides", default="{}", help='JSON bundle overrides, e.g. {"image_size": 32}')
     p.add_argument("--strategy_options", default="{}", help='JSON strategy options, e.g. {"mu": 0.01}')
-    p.add_argument("--min_updates", type=int, default=None, help="valid updates a round needs (default 1, as the simulator)")
+    p.add_argument(
+        "--min_updates",
+        type=int,
+        default=None,
+        help="valid updates a round needs (default 1, as the simulator)",
+    )
     p.add_argument("--send_weight_diff", action="store_true")
     p.add_argument("--external", action="store_true", help="run each site's script as its own process")
-    p.add_argument("--command", default=None, help="interpreter for --external (default: this Python; exported jobs: python3 -u)")
+    p.add_argument(
+        "--command",
+        default=None,
+        help="interpreter for --external (default: this Python; exported jobs: python3 -u)",
+    )
     p.add_argument("--workspace", default=None, help="NVFlare workspace root (default: a temporary folder)")
-    p.add_argument("--output", default=None, help="where the global weights go (default: outputs/nvflare_<strategy>)")
+    p.add_argument(
+        "--output", default=None, help="where the global weights go (default: outputs/nvflare_<strategy>)"
+    )
     a = p.parse_args(argv)
 
     sites = [s for s in a.sites.split(",") if s]
-    site_dirs = None if a.data_from_env else (json.loads(a.site_dirs) if a.site_dirs else {s: str(Path(a.reference_dir) / s) for s in sites})
+    site_dirs = (
+        None
+        if a.data_from_env
+        else (json.loads(a.site_dirs) if a.site_dirs else {s: str(Path(a.reference_dir) / s) for s in sites})
+    )
     options = json.loads(a.strategy_options)
-    with tempfile.TemporaryDirectory(prefix="omnifm_nvflare_") as staging:  # the job's sources, until it is deployed
-        recipe = build_recipe(a.bundle, a.strategy, sites, a.rounds, site_dirs, a.seed, a.local_epochs, json.loads(a.overrides),
-                              options, a.min_updates, a.send_weight_diff, a.external, staging=staging,
-                              command=a.command or ("python3 -u" if a.export_dir else None))
+    with tempfile.TemporaryDirectory(
+        prefix="omnifm_nvflare_"
+    ) as staging:  # the job's sources, until it is deployed
+        recipe = build_recipe(
+            a.bundle,
+            a.strategy,
+            sites,
+            a.rounds,
+            site_dirs,
+            a.seed,
+            a.local_epochs,
+            json.loads(a.overrides),
+            options,
+            a.min_updates,
+            a.send_weight_diff,
+            a.external,
+            staging=staging,
+            command=a.command or ("python3 -u" if a.export_dir else None),
+        )
         if a.export_dir:
             print(f"job exported to {export(recipe, a.export_dir)}")
             return
@@ -314,8 +418,11 @@ def main(argv=None) -> None:
         seconds = time.perf_counter() - started
     result = check_result(result_dir, a.strategy, a.rounds, options, a.bundle, sites)
     out = write_output(result, a.output or f"outputs/nvflare_{a.strategy}")
-    print(f"{a.env}: {a.rounds} rounds in {seconds:.1f}s (per round: {round_seconds(result_dir)} s); "
-          f"result {result['path']}; global weights in {out}")
+    print(
+        f"{a.env}: {a.rounds} rounds in {seconds:.1f}s (per round: {round_seconds(result_dir)} s); "
+        f"result {result['path']}; global weights in {out}"
+    )
+
 
 if __name__ == "__main__":
     main()

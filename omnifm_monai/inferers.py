@@ -24,5 +24,7 @@ class PlanarInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         if inputs.ndim == 4:  # (B, C, H, W)
             return network(inputs, *args, **kwargs)
-        slicer = SliceInferer(roi_size=tuple(inputs.shape[2:4]), sw_batch_size=self.sw_batch_size, spatial_dim=2, progress=False)
+        slicer = SliceInferer(
+            roi_size=tuple(inputs.shape[2:4]), sw_batch_size=self.sw_batch_size, spatial_dim=2, progress=False
+        )
         return slicer(inputs, network, *args, **kwargs)

@@ -1,24 +1,27 @@
-"""Data: the reference-site builder, readers for the paper's datasets, and datalist checks."""
+"""Data: the one site layout, the reference-site builder, readers for the paper's datasets, datalist checks.
 
-from .readers import (
-    ConvertBraTSLabels,
-    ConvertBraTSLabelsd,
-    read_brats,
-    read_breakhis,
-    read_medmnist,
-    read_slake,
-    read_vqa_rad,
-    split_by_group,
-)
-from .reference_sites import build_reference_sites, packaged_image
+Modules: :mod:`.layout` (``<root>/<site>/<task>.json``), :mod:`.reference_sites` (the builder, with
+:mod:`.sources`, :mod:`.simulation` and :mod:`.slicing`), :mod:`.readers`, :mod:`.validation`.
+"""
+
+# the BraTS label map is a transform (omnifm_monai.transforms); re-exported here, where it was first
+from omnifm_monai.transforms import ConvertBraTSLabels, ConvertBraTSLabelsd
+
+from .layout import TASKS, datalist_path, find_sites, write_datalist
+from .readers import read_brats, read_breakhis, read_medmnist, read_slake, read_vqa_rad, split_by_group
+from .reference_sites import build_reference_sites
+from .sources import packaged_image
 from .validation import DataValidationError, check_datalist, read_image, validate_datalist
 
 __all__ = [
     "ConvertBraTSLabels",
     "ConvertBraTSLabelsd",
     "DataValidationError",
+    "TASKS",
     "build_reference_sites",
     "check_datalist",
+    "datalist_path",
+    "find_sites",
     "packaged_image",
     "read_brats",
     "read_breakhis",
@@ -28,4 +31,5 @@ __all__ = [
     "read_vqa_rad",
     "split_by_group",
     "validate_datalist",
+    "write_datalist",
 ]

@@ -1,10 +1,20 @@
 """Readers for the paper's datasets, in the on-disk formats users download them in.
 
-Every reader writes one datalist per site to ``<output_dir>/<site>/datalist.json`` in the project's
-common form (metadata, then ``training`` / ``validation`` / ``test`` lists whose paths are relative to
-the datalist's folder, a ``provenance`` dict per item) and returns a summary::
+Every reader writes one datalist per site in the project's one layout (:mod:`omnifm_monai.data.layout`),
+``<output_dir>/<site>/<task>.json``, the layout of the reference sites, so a bundle trains on a site with
+``--dataset_dir <output_dir>/<site>`` and :func:`~omnifm_monai.data.layout.find_sites` lists the sites:
 
-    {"dataset": ..., "task": ..., "sites": {site: {"datalist": path, "training": n, "validation": n, "test": n}}}
+- :func:`read_medmnist` -> ``classification.json`` (metadata ``modality``, ``classes``);
+- :func:`read_brats` (FeTS2022 / BraTS) -> ``segmentation.json`` (``modality``, ``labels``);
+- :func:`read_breakhis` -> ``classification.json`` (``modality``, ``classes``) or ``super_resolution.json``;
+- :func:`read_vqa_rad` / :func:`read_slake` -> ``vqa.json`` (``modality``, ``answers``, ``vocabulary``).
+
+A datalist is the project's common form (``site``, ``task``, ``description`` and the metadata above, then
+``training`` / ``validation`` / ``test`` lists whose paths are relative to the site folder, a
+``provenance`` dict per item). Each reader returns a summary::
+
+    {"dataset": ..., "task": ..., "output_dir": ...,
+     "sites": {site: {"dataset_dir": folder, "datalist": path, "training": n, "validation": n, "test": n}}}
 
 Images stay where the user keeps them, except MedMNIST arrays, which are written out as files.
 Splits that the dataset does not ship are made by :func:`split_by_group` (deterministic for a seed,
@@ -23,22 +33,17 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.config import KeysCollection, NdarrayOrTensor, PathLike
-from monai.data.meta_obj import get_track_meta
-from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, optional_import
+from monai.config import PathLike
+from monai.utils import optional_import
 
 from omnifm_monai.transforms.text import build_vocabulary
 
+from .layout import SPLITS, write_datalist
+
 PILImage, has_pil = optional_import("PIL.Image")
 
-__all__ = [
-    "ConvertBraTSLabels", "ConvertBraTSLabelsd", "read_brats", "read_breakhis", "read_medmnist", "read_slake",
-    "read_vqa_rad", "split_by_group",
-]  # fmt: skip
+__all__ = ["read_brats", "read_breakhis", "read_medmnist", "read_slake", "read_vqa_rad", "split_by_group"]
 
-SPLITS = ("training", "validation", "test")
 BRATS_SEQUENCES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {"0": "background", "1": "necrotic tumour core", "2": "oedema", "4": "enhancing tumour"}
 BREAKHIS_MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
@@ -99,10 +104,10 @@ def _rel(path: PathLike, folder: Path) -> str:
 
 
 def _write_site(folder: Path, meta: Mapping[str, Any], items: Mapping[str, list[dict]]) -> dict:
-    path = folder / "datalist.json"
-    with open(path, "w") as f:
-        json.dump({"site": folder.name, **meta, **{s: items.get(s, []) for s in SPLITS}}, f, indent=1)
-    return {"datalist": str(path), **{s: len(items.get(s, [])) for s in SPLITS}}
+    """Write the site's datalist for ``meta["task"]``, ``<folder>/<task>.json``; its line of the summary."""
+    content = {"site": folder.name, **meta, **{s: items.get(s, []) for s in SPLITS}}
+    path = write_datalist(folder, meta["task"], content)
+    return {"dataset_dir": str(folder), "datalist": str(path), **{s: len(items.get(s, [])) for s in SPLITS}}
 
 
 def _prov(label: str | None, source: str) -> dict:
@@ -208,7 +213,7 @@ def read_medmnist(
             "classes": _class_names(names, n_classes),  # type: ignore[arg-type]
         }
         sites[flag] = _write_site(folder, meta, items)
-    return {"dataset": "MedMNIST v2", "task": "classification", "sites": sites}
+    return {"dataset": "MedMNIST v2", "task": "classification", "output_dir": str(output_dir), "sites": sites}
 
 
 # ---------------------------------------------------------------------------------- FeTS2022/BraTS
@@ -234,7 +239,7 @@ def read_brats(
     ``partition_<id>``), or one site ``brats`` without it. ``modality`` is one sequence for every site,
     ``"all"`` (the four sequences as a list, loaded as channels), or a site (or partition id) -> sequence
     mapping for cross-modality; partitions it does not name are skipped. Label files keep BraTS values
-    {0, 1, 2, 4}: map them in the bundle with :class:`ConvertBraTSLabelsd`.
+    {0, 1, 2, 4}: map them in the bundle with :class:`omnifm_monai.transforms.ConvertBraTSLabelsd`.
     """
     source_dir = Path(source_dir)
     for seq in [modality] if isinstance(modality, str) else modality.values():
@@ -277,41 +282,12 @@ def read_brats(
             "labels": BRATS_LABELS,
         }
         sites[site] = _write_site(folder, meta, items)
-    return {"dataset": "FeTS2022/BraTS", "task": "segmentation", "sites": sites}
-
-
-class ConvertBraTSLabels(Transform):
-    """Map BraTS label values {0, 1, 2, 4} to classes {0, 1, 2, 3} (BraTS 2023's 3 stays 3),
-    or with ``whole_tumour=True`` to a binary whole-tumour mask. For TC/WT/ET channels use MONAI's
-    ``ConvertToMultiChannelBasedOnBratsClasses`` instead."""
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, whole_tumour: bool = False) -> None:
-        self.whole_tumour = whole_tumour
-
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        img_t = convert_to_tensor(img, track_meta=get_track_meta())
-        out = (img_t > 0).to(img_t.dtype) if self.whole_tumour else torch.where(img_t == 4, 3, img_t)
-        return convert_to_dst_type(out, img)[0]
-
-
-class ConvertBraTSLabelsd(MapTransform):
-    """Dictionary-based wrapper of :class:`ConvertBraTSLabels`."""
-
-    backend = ConvertBraTSLabels.backend
-
-    def __init__(
-        self, keys: KeysCollection, whole_tumour: bool = False, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = ConvertBraTSLabels(whole_tumour)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
+    return {
+        "dataset": "FeTS2022/BraTS",
+        "task": "segmentation",
+        "output_dir": str(output_dir),
+        "sites": sites,
+    }
 
 
 # ---------------------------------------------------------------------------------------- BreaKHis
@@ -363,7 +339,7 @@ def read_breakhis(
             **({"classes": classes} if task == "classification" else {}),
         }
         sites[folder.name] = _write_site(folder, meta, items)
-    return {"dataset": "BreaKHis", "task": task, "sites": sites}
+    return {"dataset": "BreaKHis", "task": task, "output_dir": str(output_dir), "sites": sites}
 
 
 # ------------------------------------------------------------------------------------ VQA-RAD/SLAKE
@@ -427,6 +403,7 @@ def _write_vqa(
     return {
         "dataset": dataset,
         "task": "vqa",
+        "output_dir": str(output_dir),
         "sites": summary,
         "answers": answer_list,
         "vocabulary": vocabulary,

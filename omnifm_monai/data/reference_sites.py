@@ -14,43 +14,50 @@ What is real and what is not:
 
 Every item records its provenance. Splits are contiguous axial slabs separated by ``gap`` slices, so no
 held-out slice neighbours a training slice of the same volume; ICBM-derived sites share one split.
+
+This module is the builder: the sites, their task items (segmentation, level classification,
+super-resolution, template VQA) and the data card. The volumes come from :mod:`.sources` (real packaged
+images) and :mod:`.simulation` (simulated contrasts and scanners), the slices and splits from
+:mod:`.slicing`; every datalist is written in the one layout ``<output_dir>/<site>/<task>.json`` of
+:mod:`.layout`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import json
 import logging
-import plistlib
 import shutil
-import tarfile
 import tempfile
 import time
-import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from monai.config import PathLike
-from scipy import ndimage as ndi
 
 from omnifm_monai.transforms.text import build_vocabulary
+
+from .layout import SPLITS, TASKS, write_datalist
+from .simulation import SCANNERS, SEQUENCES, TISSUE, _rng, _scanner, _simulate
+from .slicing import _extent, _slices, _split
+from .sources import (
+    CT_BONE_HU,
+    INVESALIUS_FILE,
+    MRICRON_DIR,
+    _colin_t1,
+    _head_ct,
+    _icbm_t1,
+    _real_sr,
+    _Volume,
+)
 
 __all__ = ["LEVELS", "SCANNERS", "SITES", "TASKS", "VQA_ANSWERS", "build_reference_sites"]
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("training", "validation", "test")
-TASKS = ("segmentation", "classification", "super_resolution", "vqa")
 LEVELS = ("inferior", "lower-middle", "upper-middle", "superior")
 SEG_LABELS = {"0": "background", "1": "grey matter", "2": "white matter"}
-MRICRON_DIR = "/usr/share/mricron/templates"  # Debian mricron-data
-INVESALIUS_FILE = "/usr/share/doc/invesalius-examples/examples/Cranium.inv3"  # Debian invesalius-examples
-_ICBM = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 _ALL, _SR = TASKS, ("super_resolution",)
 # site -> (modality, VQA modality answer, tasks); VQA answers are a fixed union so every site shares them
 SITES: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
@@ -80,125 +87,7 @@ LICENCES = {
     "nibabel": "MIT",
     "dipy": "BSD-3",
 }
-# BrainWeb tissue parameters at 1.5 T, (T1 ms, T2 ms, PD): Kwan et al., IEEE TMI 18(11) 1999;
-# Aubert-Broche et al., NeuroImage 32(1) 2006, Table 1.
-TISSUE = {"csf": (2569.0, 329.0, 1.00), "gm": (833.0, 83.0, 0.86), "wm": (500.0, 70.0, 0.77)}
-# (TR, TE, TI) ms: BrainWeb-like dual spin echo for T2w/PDw; FLAIR TI set to null CSF (None = computed)
-SEQUENCES = {
-    "icbm_t2w": (3300.0, 120.0, 0.0),
-    "icbm_pdw": (3300.0, 35.0, 0.0),
-    "icbm_flair": (9000.0, 120.0, None),
-}
-# simulated T1 scanners: (source site, bias field strength, gamma, blur FWHM in voxels (x, y, z), noise)
-SCANNERS = {
-    "t1_scanner_a": ("icbm_t1", 0.35, 0.7, (1.0, 1.0, 1.0), 0.02),  # strong coil bias, flat contrast, clean
-    "t1_scanner_b": ("icbm_t1", 0.10, 1.5, (2.0, 2.0, 4.0), 0.06),  # steep contrast, thick slices, noisy
-    "t1_scanner_c": ("colin_t1", 0.20, 1.2, (1.5, 1.5, 2.5), 0.04),  # another head, moderate everything
-}
-CT_BONE_HU = 300.0  # cortical/cancellous bone; InVesalius' own bone preset starts at 226 HU
 VISIBLE_FRACTION = 0.005  # a tissue is "visible" when it covers >= 0.5 % of the slice
-
-
-@dataclass
-class _Volume:
-    """One source volume in RAS+ voxel order, intensities already scaled to [0, 1]."""
-
-    name: str
-    image: np.ndarray
-    affine: np.ndarray
-    source: str
-    package: str
-    image_kind: str = "real"
-    tissue: np.ndarray | None = None  # (2, X, Y, Z) GM / WM probabilities -> segmentation labels
-    tissue_source: str | None = None
-    brain: np.ndarray | None = None  # brain mask whose axial extent defines the level classes
-    brain_source: str | None = None
-    bone: np.ndarray | None = None  # CT bone mask (HU threshold), used by VQA
-    skull_stripped: bool | None = None
-    crop: tuple[int, int, int, int] | None = None  # in-plane box (x0, x1, y0, y1) shared by all slices
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def _package_file(package: str, *parts: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed.")
-    return Path(next(iter(spec.submodule_search_locations)), *parts)
-
-
-def packaged_image(name: str) -> str:
-    """Path of a real image that ships inside an installed package, for demos and inference examples.
-
-    ``"icbm152_t1"`` (nilearn), ``"colin27_t1"`` (Debian mricron-data), or a pydicom-data file name such as
-    ``"MR_small.dcm"`` / ``"CT_small.dcm"``.
-    """
-    if name == "icbm152_t1":
-        path = _package_file("nilearn", "datasets", "data", _ICBM.format("t1"))
-    elif name == "colin27_t1":
-        path = Path(MRICRON_DIR, "ch2.nii.gz")
-    else:
-        from pydicom.data import get_testdata_file
-
-        found = get_testdata_file(name)
-        path = Path(found) if found else Path(name)
-    if not path.exists():
-        raise FileNotFoundError(f"packaged image {name!r} not found at {path} (is its package installed?).")
-    return str(path)
-
-
-def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
-    return np.asarray(img.dataobj, dtype=np.float32), img.affine
-
-
-def _load(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(path)
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    return _canonical(data[..., frame] if frame is not None else data, img.affine)
-
-
-def _rescale(vol: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
-    """Robust per-volume scaling: [lower percentile of all voxels, upper percentile of those above] -> [0, 1]."""
-    lo = np.percentile(vol, lower)
-    above = vol[vol > lo]
-    hi = np.percentile(above, upper) if above.size else lo + 1
-    return np.clip((vol - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    return lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1) if n else mask
-
-
-def _crop_box(mask: np.ndarray, margin: int = 4) -> tuple[int, int, int, int]:
-    """In-plane bounding box of a 3D foreground mask (union over slices) plus a margin."""
-    xs, ys = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0]
-    nx, ny = mask.shape[:2]
-    return (
-        max(xs[0] - margin, 0),
-        min(xs[-1] + 1 + margin, nx),
-        max(ys[0] - margin, 0),
-        min(ys[-1] + 1 + margin, ny),
-    )
-
-
-def _extent(mask: np.ndarray, fraction: float = 0.1) -> tuple[int, int]:
-    """Axial extent: first/last slice whose mask area is >= ``fraction`` of the largest (drops thin tails)."""
-    area = mask.sum(axis=(0, 1))
-    z = np.nonzero(area >= fraction * area.max())[0]
-    return int(z[0]), int(z[-1])
-
-
-def _kmeans_1d(values: np.ndarray, k: int = 3, iters: int = 100) -> np.ndarray:
-    """Deterministic 1D k-means (centres start at percentiles) on the value histogram; sorted centres."""
-    values, counts = np.unique(values, return_counts=True)  # few distinct values (uint8 source): fast
-    centres = np.percentile(np.repeat(values, counts), np.linspace(10, 90, k))
-    for _ in range(iters):
-        assign = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
-        w = np.stack([counts * (assign == c) for c in range(k)])
-        centres = np.where(w.sum(1) > 0, (w * values).sum(1) / np.maximum(w.sum(1), 1), centres)
-    return np.sort(centres)
 
 
 def _names(value: Sequence[str] | str | None, known) -> list[str]:
@@ -208,196 +97,16 @@ def _names(value: Sequence[str] | str | None, known) -> list[str]:
     return [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
 
 
-def _rng(seed: int, *keys: str) -> np.random.Generator:
-    """Generator keyed by the seed and names, so results do not depend on build order."""
-    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
-
-
-# ----------------------------------------------------------------------------------------- sources
-def _icbm_t1() -> _Volume:
-    path = lambda k: _package_file("nilearn", "datasets", "data", _ICBM.format(k))  # noqa: E731
-    t1, affine = _load(path("t1"))
-    gm, wm = (_load(path(k))[0] / 255.0 for k in ("gm", "wm"))  # probabilities stored as uint8 0..255
-    brain = (gm + wm) >= 0.5
-    return _Volume(
-        "icbm152_2009a", _rescale(t1), affine, f"nilearn:{_ICBM.format('t1')}", "nilearn",
-        tissue=np.stack([gm, wm]), tissue_source="template", brain=brain, brain_source="template",
-        skull_stripped=True, crop=_crop_box(t1 > 0),
-    )  # fmt: skip
-
-
-def _simulate(t1: _Volume, site: str, seed: int, noise: float) -> _Volume:
-    """T2w / PDw / FLAIR from the real ICBM tissue maps: partial-volume mix of per-tissue signals."""
-    tr, te, ti = SEQUENCES[site]
-    gm, wm = t1.tissue  # type: ignore[misc]
-    csf = np.clip((t1.image > 0) - gm - wm, 0, 1)  # the template is brain-extracted: mask = T1 > 0
-    if ti is None:  # FLAIR: inversion time nulling CSF, 1 - 2 exp(-TI/T1) + exp(-TR/T1) = 0
-        t1_csf = TISSUE["csf"][0]
-        ti = t1_csf * np.log(2.0 / (1.0 + np.exp(-tr / t1_csf)))
-    signal = np.zeros_like(gm)
-    for prob, (t1_t, t2_t, pd) in zip((csf, gm, wm), TISSUE.values(), strict=True):
-        recovery = 1 - np.exp(-tr / t1_t) if not ti else abs(1 - 2 * np.exp(-ti / t1_t) + np.exp(-tr / t1_t))
-        signal += prob * pd * recovery * np.exp(-te / t2_t)
-    rng = _rng(seed, site)
-    signal *= _bias_field(signal.shape, 0.1, rng)  # about +-20 % across the head
-    signal = _rician(signal, noise, rng)
-    source = "nilearn:" + _ICBM.format("{gm,wm,t1}")
-    return replace(
-        t1, image=_rescale(signal.astype(np.float32)), source=source, image_kind="simulated-contrast"
-    )
-
-
-def _bias_field(shape: Sequence[int], strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Smooth multiplicative field exp(sum of random linear and quadratic terms per axis)."""
-    coords = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
-    return np.exp(sum(c * rng.uniform(-strength, strength) + c * c * rng.uniform(-strength, strength) for c in coords))
-
-
-def _rician(signal: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of complex Gaussian noise added to ``signal``; sigma relative to the brightest tissue."""
-    sigma = noise * np.percentile(signal[signal > 0], 99.5)
-    return np.hypot(signal + rng.normal(0, sigma, signal.shape), rng.normal(0, sigma, signal.shape))
-
-
-def _scanner(vol: _Volume, site: str, seed: int) -> _Volume:
-    """A real T1 as another scanner would show it: contrast curve, point-spread blur, bias field, noise."""
-    _, strength, gamma, fwhm, noise = SCANNERS[site]
-    rng = _rng(seed, site)
-    signal = ndi.gaussian_filter(vol.image**gamma, np.asarray(fwhm) / 2.355)  # FWHM -> sigma
-    signal = _rician(signal * _bias_field(signal.shape, strength, rng), noise, rng)
-    return replace(vol, image=_rescale(signal.astype(np.float32)), image_kind="simulated-scanner",
-                   source=f"{vol.source} through simulated scanner {site}")  # fmt: skip
-
-
-def _colin_t1(mricron_dir: Path) -> _Volume:
-    ch2, affine = _load(mricron_dir / "ch2.nii.gz")
-    bet = _load(mricron_dir / "ch2bet.nii.gz")[0] > 0  # brain extraction shipped with the template
-    csf_gm, gm_wm = np.convolve(_kmeans_1d(ch2[bet]), [0.5, 0.5], "valid")  # boundaries between centres
-    gm = bet & (ch2 > csf_gm) & (ch2 <= gm_wm)
-    wm = bet & (ch2 > gm_wm)
-    head = _largest_component(ch2 > 0.1 * ch2.max())
-    return _Volume(
-        "colin27", _rescale(ch2), affine, "mricron-data:ch2.nii.gz", "mricron-data",
-        tissue=np.stack([gm, wm]).astype(np.float32), tissue_source="algorithmic", brain=bet,
-        brain_source="template", skull_stripped=False, crop=_crop_box(head),
-    )  # fmt: skip
-
-
-def _head_ct(inv3: Path, window: tuple[float, float]) -> _Volume:
-    """InVesalius project: gzipped tar with ``main.plist`` (shape, spacing) and ``matrix.dat`` (int16 HU)."""
-    with tarfile.open(inv3, "r:gz") as tar:
-        files = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        meta = plistlib.load(io.BytesIO(tar.extractfile(files["main.plist"]).read()))  # type: ignore[union-attr]
-        raw = tar.extractfile(files[meta["matrix"]["filename"]]).read()  # type: ignore[union-attr]
-    hu = np.frombuffer(raw, dtype=meta["matrix"]["dtype"]).reshape(meta["matrix"]["shape"])  # (z, y, x)
-    hu = hu.transpose(2, 1, 0).astype(np.float32)
-    sx, sy, sz = meta["spacing"]
-    # InVesalius stores rows flipped (anterior = increasing row, checked on the face); columns are assumed
-    # to run to the patient's left as in DICOM (not verifiable from the pixels); slice 0 is inferior.
-    hu, affine = _canonical(hu, np.diag([-sx, sy, sz, 1.0]))
-    smooth = ndi.gaussian_filter(hu, 1.0)
-    st = ndi.generate_binary_structure(3, 1)  # brain: largest soft-tissue (10-60 HU) blob after erosion
-    soft = (smooth > 10) & (smooth < 60)
-    core = _largest_component(ndi.binary_erosion(soft, st, iterations=3))
-    brain = ndi.binary_dilation(core, st, iterations=3) & soft
-    level, width = window  # window first (e.g. brain window L40/W80), then [0, 1]
-    image = np.clip((hu - (level - width / 2)) / width, 0, 1).astype(np.float32)
-    return _Volume(
-        "cranium_promed_ct0051", image, affine, f"invesalius-examples:{inv3.name}", "invesalius-examples",
-        brain=brain, brain_source="threshold", bone=hu > CT_BONE_HU, skull_stripped=False,
-        crop=_crop_box(_largest_component(hu > -300)),  # head without the table
-    )  # fmt: skip
-
-
-def _real_sr(name: str, package: str, parts: tuple[str, ...], frame: int | None) -> _Volume:
-    data, affine = _load(_package_file(package, *parts), frame)
-    image = _rescale(data)
-    fg = _largest_component(image > 0.1)
-    return _Volume(name, image, affine, f"{package}:{parts[-1]}", package, crop=_crop_box(fg))
-
-
-# --------------------------------------------------------------------------------- slices & splits
-def _split(lo: int, hi: int, chunks: int, gap: int, stride: int | None, target: int, fractions, rng):
-    """Contiguous slabs: ``chunks`` equal blocks of [lo, hi] (the level bins), each cut into a training,
-    validation and test slab (seeded order) with ``gap`` unused slices between any two slabs."""
-    bounds = np.linspace(lo, hi + 1, chunks + 1)
-    usable = hi - lo + 1 - (3 * chunks - 1) * gap
-    stride = stride or max(1, round(usable / target))
-    out: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for c in range(chunks):
-        a, b = int(np.ceil(bounds[c])) + (gap if c else 0), int(np.ceil(bounds[c + 1]))
-        n = b - a - 2 * gap
-        n_val, n_test = (max(1, round(f * n)) for f in fractions[1:])
-        if n - n_val - n_test < 1:
-            raise ValueError(f"slices {lo}-{hi} are too few for {chunks} block(s) of 3 slabs with gap={gap}.")
-        for s in rng.permutation(3):
-            length = (n - n_val - n_test, n_val, n_test)[s]
-            out[SPLITS[s]] += range(a, a + length, stride)
-            a += length + gap
-    return {s: sorted(v) for s, v in out.items()}, bounds
-
-
-def _resample(sl: np.ndarray, crop, spacing, size: int, smooth: bool = True):
-    """Crop box -> square field of view (padding the short side) -> ``size`` x ``size`` pixels.
-
-    Returns the slice and the 4x4 map from output pixel (u, v, 0) to source voxel (i, j, 0)."""
-    x0, x1, y0, y1 = crop
-    pixel = max((x1 - x0) * spacing[0], (y1 - y0) * spacing[1]) / size  # isotropic output spacing (mm)
-    step = pixel / np.asarray(spacing)
-    origin = np.array([(x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2]) - (size - 1) / 2 * step
-    if smooth:  # anti-alias before downsampling
-        sl = ndi.gaussian_filter(sl, np.maximum((step - 1) / 2, 0))
-    grid = np.mgrid[0:size, 0:size].astype(np.float64)
-    coords = origin[:, None, None] + grid * step[:, None, None]
-    out = ndi.map_coordinates(sl, coords, order=1, mode="constant", cval=0.0)
-    index = np.eye(4)
-    index[[0, 1], [0, 1]], index[:2, 3] = step, origin
-    return out.astype(np.float32), index
-
-
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
-
-
-def _slices(vol: _Volume, folder: Path, splits: dict, bounds, size: int) -> list[dict]:
-    """Write every sampled slice (image, label) once; return one record per slice for the tasks."""
-    spacing = np.linalg.norm(vol.affine[:3, :2], axis=0)
-    records = []
-    for split, zs in splits.items():
-        for z in zs:
-            stem = f"{vol.name}_z{z:03d}.nii.gz"
-            image, index = _resample(vol.image[:, :, z], vol.crop, spacing, size)
-            index[2, 3] = z
-            affine = vol.affine @ index
-            _save(np.clip(image, 0, 1), affine, folder / "images" / stem)
-            rec: dict[str, Any] = {"split": split, "z": z, "image": f"images/{stem}", "area": {}}
-            if vol.tissue is not None:
-                gm, wm = (_resample(t[:, :, z], vol.crop, spacing, size)[0] for t in vol.tissue)
-                label = np.argmax(np.stack([1 - gm - wm, gm, wm]), axis=0).astype(np.uint8)
-                _save(label, affine, folder / "labels" / stem)
-                rec["label"] = f"labels/{stem}"
-                rec["area"] = {"grey matter": (label == 1).mean(), "white matter": (label == 2).mean()}
-            if vol.bone is not None:
-                bone, _ = _resample(vol.bone[:, :, z].astype(np.float32), vol.crop, spacing, size, False)
-                rec["area"]["bone"] = (bone >= 0.5).mean()
-            if vol.brain is not None:
-                rec["level"] = int(np.clip(np.searchsorted(bounds, z, side="right") - 1, 0, len(LEVELS) - 1))
-            records.append(rec)
-    return records
-
-
 # ------------------------------------------------------------------------------------------- tasks
 def _prov(vol: _Volume, rec: dict, label: str | None) -> dict:
     return {"image": vol.image_kind, "label": label, "source": vol.source, "volume": vol.name,
             "slice_index": rec["z"]}  # fmt: skip
 
 
-def _vqa_items(vol: _Volume, site: str, rec: dict) -> list[dict]:
-    """Template questions answered from the label maps and the site's metadata."""
+def _vqa_items(vol: _Volume, site: str, rec: dict, sites: Mapping[str, tuple] = SITES) -> list[dict]:
+    """Template questions answered from the label maps and the site's metadata (its row of ``sites``)."""
     yes_no = {True: "yes", False: "no"}
-    qs = [("modality", "", SITES[site][1], None)]  # (template, tissue, answer, label source of the answer)
+    qs = [("modality", "", sites[site][1], None)]  # (template, tissue, answer, label source of the answer)
     if "level" in rec:
         qs += [("level", "", LEVELS[rec["level"]], vol.brain_source)]
     for tissue, area in rec["area"].items():
@@ -438,7 +147,9 @@ def _balance(items: list[dict], rng: np.random.Generator) -> list[dict]:
     return out
 
 
-def _task_items(vol: _Volume, site: str, task: str, records: list[dict], seed: int) -> dict[str, list[dict]]:
+def _task_items(
+    vol: _Volume, site: str, task: str, records: list[dict], seed: int, sites: Mapping[str, tuple] = SITES
+) -> dict[str, list[dict]]:
     items: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for rec in records:
         if task == "segmentation":
@@ -453,7 +164,7 @@ def _task_items(vol: _Volume, site: str, task: str, records: list[dict], seed: i
         elif task == "super_resolution":
             item = {"image": rec["image"], "provenance": _prov(vol, rec, None)}
         else:
-            items[rec["split"]] += _vqa_items(vol, site, rec)
+            items[rec["split"]] += _vqa_items(vol, site, rec, sites)
             continue
         items[rec["split"]].append(item)
     if task == "vqa":
@@ -469,8 +180,8 @@ _DESCRIPTIONS = {
 }
 
 
-def _task_meta(site: str, task: str, vol: _Volume) -> dict:
-    meta = {"site": site, "modality": SITES[site][0], "task": task, "description": _DESCRIPTIONS[task],
+def _task_meta(site: str, task: str, vol: _Volume, sites: Mapping[str, tuple] = SITES) -> dict:
+    meta = {"site": site, "modality": sites[site][0], "task": task, "description": _DESCRIPTIONS[task],
             "image_provenance": vol.image_kind, "source": vol.source, "volume": vol.name}  # fmt: skip
     if task == "segmentation":
         meta.update(labels=SEG_LABELS, label_source=vol.tissue_source)
@@ -567,8 +278,7 @@ def build_reference_sites(
                 if task == "vqa":  # written below, once every site's training questions are known
                     vqa[site] = (folder, _task_meta(site, task, vol), items)
                 else:
-                    with open(folder / f"{task}.json", "w") as f:
-                        json.dump({**_task_meta(site, task, vol), **items}, f, indent=1)
+                    write_datalist(folder, task, {**_task_meta(site, task, vol), **items})
                 counts[task] = {s: len(v) for s, v in items.items()}
             summary["sites"][site] = {
                 "modality": SITES[site][0], "package": vol.package, "source": vol.source, "volume": vol.name,
@@ -580,8 +290,7 @@ def build_reference_sites(
             i["question"] for _, _, items in vqa.values() for i in items["training"]
         )
         for folder, meta, items in vqa.values():
-            with open(folder / "vqa.json", "w") as f:
-                json.dump({**meta, "vocabulary": vocabulary, **items}, f, indent=1)
+            write_datalist(folder, "vqa", {**meta, "vocabulary": vocabulary, **items})
         summary["packages_used"] = sorted({v["package"] for v in summary["sites"].values()})
         summary["build_seconds"] = round(time.time() - t0, 1)
         with open(tmp / "sites.json", "w") as f:

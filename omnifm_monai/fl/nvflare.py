@@ -34,16 +34,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
-from monai.utils import set_determinism
 from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 
-from .simulator import build_network, make_strategy
-from .strategies import ClientUpdate, Strategy, aggregate_round, get_strategy, weighted_average
+from .bundle import bundle_parser
+from .engine import aggregate_round, site_network, strategy_overrides
+from .strategies import ClientUpdate, Strategy, get_strategy, strategy_class, weighted_average
 
 __all__ = [
     "EXTRA",
@@ -55,10 +54,10 @@ __all__ = [
     "StrategyAggregator",
     "decode",
     "encode",
+    "federated_rounds",
     "flmodel_to_update",
     "initial_checkpoint",
     "initial_global_weights",
-    "make_strategy",
     "network_spec",
     "payload_from_meta",
     "read_global_model",
@@ -78,6 +77,18 @@ SITE = "omnifm_site"  # str: the sender's own name (NVFlare's authenticated clie
 SITE_METRICS = "omnifm_site_metrics"  # {site: {metric: float}} reported with this round's updates
 REJECTED = "omnifm_rejected"  # {site: reason} updates the server refused this round
 STRATEGY = "omnifm_strategy"  # str: the strategy name (a checkpoint of one strategy is not another's)
+
+
+def federated_rounds(strategy: str | type[Strategy], check: bool = False) -> bool:
+    """Whether a strategy runs as NVFlare rounds (send global -> train -> aggregate): not Local (no global
+    model) nor Centralized (one pooled site); those run in the simulator. ``check`` raises instead of ``False``."""
+    cls = strategy_class(strategy) if isinstance(strategy, str) else strategy
+    ok = cls.shares_weights and not cls.pooled
+    if check and not ok:
+        raise ValueError(
+            f"strategy {cls.name!r} has no federated rounds (no global model, or one pooled site); run it with the simulator."
+        )
+    return ok
 
 
 # ------------------------------------------------------------------------------------------ encoding
@@ -108,7 +119,10 @@ def decode(data: bytes | None) -> Any:
 
 def to_torch(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """NVFlare params (NumPy arrays or tensors) -> CPU tensors of the same dtype and values."""
-    return {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).cpu() for k, v in params.items()}
+    return {
+        k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).cpu()
+        for k, v in params.items()
+    }
 
 
 def to_numpy(weights: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -116,25 +130,22 @@ def to_numpy(weights: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ strategy and initial state
-def _shared(network: torch.nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
+def initial_global_weights(
+    bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """The initial global (shared) weights exactly as the simulator computes them (:func:`site_network`),
+    minus the strategy's private keys."""
+    network = site_network(bundle, strategy, overrides, seed)
     private = strategy.private_keys(network)
     return {k: v.detach().cpu().clone() for k, v in network.state_dict().items() if k not in private}
 
 
-def initial_global_weights(bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The initial global (shared) weights exactly as the simulator computes them: ``set_determinism(seed)``,
-    then the bundle's ``network`` with the strategy's network overrides, minus the strategy's private keys."""
-    overrides = {**dict(overrides or {}), **strategy.network_overrides}
-    set_determinism(seed)
-    return _shared(build_network(Path(bundle), overrides), strategy)
-
-
-def network_spec(bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def network_spec(
+    bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``{"class_path", "args"}`` of the bundle's ``network_def`` resolved with the overrides (for the recipe's
     ``model``: NVFlare's PyTorch persistor builds it on the server; the weights come from the initial checkpoint)."""
-    parser = ConfigParser()
-    parser.read_config(str(Path(bundle) / "configs" / "train.json"))
-    parser.update({**dict(overrides or {}), **strategy.network_overrides})
+    parser = bundle_parser(bundle, strategy_overrides(bundle, strategy, overrides))
     config = parser.get("network_def")
     if not isinstance(config, Mapping) or "_target_" not in config:
         raise ValueError(f"{bundle}: `network_def` must be a component with a `_target_`.")
@@ -145,7 +156,9 @@ def network_spec(bundle: str | Path, strategy: Strategy, overrides: Mapping[str,
         value = parser.get_parsed_content(f"network_def::{key}", instantiate=True)
         value = list(value) if isinstance(value, tuple) else value
         if not isinstance(value, str | int | float | bool | list | dict | type(None)):
-            raise ValueError(f"{bundle}: network_def::{key} resolves to {type(value).__name__}; the NVFlare job needs plain values.")
+            raise ValueError(
+                f"{bundle}: network_def::{key} resolves to {type(value).__name__}; the NVFlare job needs plain values."
+            )
         args[key] = value
     return {"class_path": config["_target_"], "args": args}
 
@@ -157,7 +170,9 @@ def server_meta(strategy: Strategy, state: Mapping[str, Any]) -> dict[str, Any]:
     return {PAYLOAD: encode(payload), STATE: encode(rest), STRATEGY: strategy.name}
 
 
-def state_from_meta(meta: Mapping[str, Any] | None, strategy: Strategy, global_weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def state_from_meta(
+    meta: Mapping[str, Any] | None, strategy: Strategy, global_weights: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
     """The server state in ``meta`` (see :func:`server_meta`), or the strategy's initial state if it has none."""
     meta = meta or {}
     if PAYLOAD not in meta:
@@ -169,7 +184,9 @@ def state_from_meta(meta: Mapping[str, Any] | None, strategy: Strategy, global_w
     return state
 
 
-def payload_from_meta(meta: Mapping[str, Any] | None, strategy: Strategy, global_weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def payload_from_meta(
+    meta: Mapping[str, Any] | None, strategy: Strategy, global_weights: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
     """Client side: the strategy payload the server sent (or the initial one when the model carries none)."""
     meta = meta or {}
     if PAYLOAD in meta:
@@ -177,7 +194,13 @@ def payload_from_meta(meta: Mapping[str, Any] | None, strategy: Strategy, global
     return strategy.server_payload(strategy.init_state(dict(global_weights)))
 
 
-def initial_checkpoint(path: str | Path, bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+def initial_checkpoint(
+    path: str | Path,
+    bundle: str | Path,
+    strategy: Strategy,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
     """Write the recipe's ``initial_ckpt``: ``{"model": shared weights, "meta_props": server meta}``, the
     same start as the simulator's (weights and the round-0 payload, e.g. the empty OmniFM bank)."""
     weights = initial_global_weights(bundle, strategy, overrides, seed)
@@ -187,7 +210,9 @@ def initial_checkpoint(path: str | Path, bundle: str | Path, strategy: Strategy,
     return path
 
 
-def read_global_model(path: str | Path, strategy: Strategy | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+def read_global_model(
+    path: str | Path, strategy: Strategy | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """``(weights, server state, meta)`` from a checkpoint NVFlare's persistor saved (``FL_global_model.pt``)."""
     data = torch.load(path, map_location="cpu", weights_only=True)
     weights, meta = dict(data["model"]), dict(data.get("meta_props") or {})
@@ -197,10 +222,16 @@ def read_global_model(path: str | Path, strategy: Strategy | None = None) -> tup
 
 
 # ------------------------------------------------------------------------------------------ FLModel <-> ClientUpdate
-def update_to_flmodel(update: ClientUpdate, metrics: Mapping[str, float] | None = None, iterations: int | None = None) -> FLModel:
+def update_to_flmodel(
+    update: ClientUpdate, metrics: Mapping[str, float] | None = None, iterations: int | None = None
+) -> FLModel:
     """A site's :class:`ClientUpdate` as the FLModel it sends (weights as tensors: the Client API converts them)."""
-    meta = {NUM_SAMPLES: int(update.num_samples), EXTRA: encode(update.extra), SITE: update.site,
-            FLMetaKey.NUM_STEPS_CURRENT_ROUND: int(iterations if iterations is not None else update.num_samples)}
+    meta = {
+        NUM_SAMPLES: int(update.num_samples),
+        EXTRA: encode(update.extra),
+        SITE: update.site,
+        FLMetaKey.NUM_STEPS_CURRENT_ROUND: int(iterations if iterations is not None else update.num_samples),
+    }
     return FLModel(
         params=dict(update.weights),
         params_type=ParamsType.DIFF if update.weight_type == "diff" else ParamsType.FULL,
@@ -212,7 +243,11 @@ def update_to_flmodel(update: ClientUpdate, metrics: Mapping[str, float] | None 
 def flmodel_to_update(model: FLModel) -> ClientUpdate:
     """The server's view of a received FLModel (site from NVFlare's ``client_name``, which the site cannot forge)."""
     meta = model.meta or {}
-    params_type = model.params_type.value if isinstance(model.params_type, ParamsType) else str(model.params_type or "FULL")
+    params_type = (
+        model.params_type.value
+        if isinstance(model.params_type, ParamsType)
+        else str(model.params_type or "FULL")
+    )
     return ClientUpdate(
         site=str(meta.get("client_name") or meta.get(SITE) or "unknown"),
         weights=to_torch(model.params or {}),
@@ -241,13 +276,18 @@ class StrategyAggregator(ModelAggregator):
         sites: the aggregation order (the simulator's site order).
     """
 
-    def __init__(self, strategy_name: str = "fedavg", strategy_options: dict | None = None, min_updates: int = 1, sites: list | None = None) -> None:
+    def __init__(
+        self,
+        strategy_name: str = "fedavg",
+        strategy_options: dict | None = None,
+        min_updates: int = 1,
+        sites: list | None = None,
+    ) -> None:
         super().__init__()
         # attribute names equal the argument names: NVFlare's job exporter reads them back
         self.strategy_name, self.strategy_options = strategy_name, dict(strategy_options or {})
         self.min_updates, self.sites = int(min_updates), list(sites or self.strategy_options.get("sites", []))
-        if strategy_name in ("local", "centralized"):
-            raise ValueError(f"strategy {strategy_name!r} has no federated rounds; run it with the simulator.")
+        federated_rounds(strategy_name, check=True)
         self.strategy = get_strategy(strategy_name, **self.strategy_options)
         self._lock = threading.Lock()
         self._updates: list[ClientUpdate] = []
@@ -267,18 +307,30 @@ class StrategyAggregator(ModelAggregator):
         with self._lock:
             self._numpy = not any(isinstance(v, torch.Tensor) for v in (model.params or {}).values())
             self._updates.append(update)
-            self._metrics[update.site] = {k: float(v) for k, v in (model.metrics or {}).items() if isinstance(v, int | float)}
-        self.info(f"received the update of {update.site} ({update.num_samples} samples, {update.weight_type})")
+            self._metrics[update.site] = {
+                k: float(v) for k, v in (model.metrics or {}).items() if isinstance(v, int | float)
+            }
+        self.info(
+            f"received the update of {update.site} ({update.num_samples} samples, {update.weight_type})"
+        )
 
     def _global_model(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Weights and meta of the model the controller sent this round (sticky ``GLOBAL_MODEL`` prop)."""
         learnable = self.fl_ctx.get_prop(AppConstants.GLOBAL_MODEL) if self.fl_ctx is not None else None
         if learnable is None:
-            raise RuntimeError("StrategyAggregator found no global model in the FL context; run it under a ModelController.")
-        return to_torch(learnable[ModelLearnableKey.WEIGHTS]), dict(learnable.get(ModelLearnableKey.META) or {})
+            raise RuntimeError(
+                "StrategyAggregator found no global model in the FL context; run it under a ModelController."
+            )
+        return to_torch(learnable[ModelLearnableKey.WEIGHTS]), dict(
+            learnable.get(ModelLearnableKey.META) or {}
+        )
 
     def _order(self, update: ClientUpdate) -> tuple:
-        return (self.sites.index(update.site), "") if update.site in self.sites else (len(self.sites), update.site)
+        return (
+            (self.sites.index(update.site), "")
+            if update.site in self.sites
+            else (len(self.sites), update.site)
+        )
 
     def aggregate_model(self) -> FLModel:
         with self._lock:
@@ -286,7 +338,9 @@ class StrategyAggregator(ModelAggregator):
             self._updates, self._metrics = [], {}
         global_weights, meta = self._global_model()
         state = state_from_meta(meta, self.strategy, global_weights)
-        new, state, rejected = aggregate_round(self.strategy, global_weights, updates, state, self.min_updates)
+        new, state, rejected = aggregate_round(
+            self.strategy, global_weights, updates, state, self.min_updates
+        )
         for site, reason in rejected.items():
             self.warning(f"rejected the update of {site}: {reason}")
         accepted = [u for u in updates if u.site not in rejected]
@@ -295,7 +349,10 @@ class StrategyAggregator(ModelAggregator):
         keys = set.intersection(*(set(metrics.get(u.site, {})) for u in accepted)) if accepted else set()
         if keys:
             counts = [u.num_samples for u in accepted]
-            mean = weighted_average([{k: torch.tensor(metrics[u.site][k], dtype=torch.float64) for k in keys} for u in accepted], counts)
+            mean = weighted_average(
+                [{k: torch.tensor(metrics[u.site][k], dtype=torch.float64) for k in keys} for u in accepted],
+                counts,
+            )
             round_metrics = {k: float(v) for k, v in mean.items()}
         return FLModel(
             params=to_numpy(new) if self._numpy else new,

@@ -51,7 +51,12 @@ class PredictionJSONWriter:
         output_postfix: str = "prediction",
     ) -> None:
         self.output_dir, self.names = Path(output_dir), list(names)
-        self.image_key, self.pred_key, self.extra_keys, self.postfix = image_key, pred_key, list(extra_keys), output_postfix
+        self.image_key, self.pred_key, self.extra_keys, self.postfix = (
+            image_key,
+            pred_key,
+            list(extra_keys),
+            output_postfix,
+        )
         self.entries: dict[str, list[dict]] = defaultdict(list)
 
     def attach(self, engine: Engine) -> None:
@@ -71,7 +76,11 @@ class PredictionJSONWriter:
                 probability=round(float(probs[best]), 6),
                 probabilities={n: round(float(p), 6) for n, p in zip(self.names, probs, strict=True)},
             )
-            source = item[self.image_key].meta.get("filename_or_obj", "image") if hasattr(item[self.image_key], "meta") else "image"
+            source = (
+                item[self.image_key].meta.get("filename_or_obj", "image")
+                if hasattr(item[self.image_key], "meta")
+                else "image"
+            )
             self.entries[str(source)].append(entry)
 
     def write(self, engine: Engine | None = None) -> None:

@@ -44,7 +44,8 @@ class SpectralBankRefresh:
     """At the start of every ``interval``-th epoch, merge this site's centroids into the network's bank.
 
     Standalone (single-site) training uses this as a one-site federation, so OmniFM's retrieval and SPA
-    work without a server; in federated training the server's bank replaces it.
+    work without a server; in federated training the server's bank replaces it (the bank's ``federated``
+    flag, set by the OmniFM strategy on each site, turns this handler off).
 
     Args:
         network: an OmniFM network with a bank.
@@ -73,7 +74,15 @@ class SpectralBankRefresh:
         engine.add_event_handler(Events.EPOCH_STARTED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if getattr(self.network, "bank", None) is None:
-            return  # GSKR switched off: nothing to keep
-        centroids = site_centroids(self.network, self.data_loader, self.num_centroids, self.image_key, engine.state.device, seed=engine.state.epoch)
+        bank = getattr(self.network, "bank", None)
+        if bank is None or bank.federated:
+            return  # GSKR switched off, or the federation's server keeps the bank
+        centroids = site_centroids(
+            self.network,
+            self.data_loader,
+            self.num_centroids,
+            self.image_key,
+            engine.state.device,
+            seed=engine.state.epoch,
+        )
         self.network.bank.merge([{"keys": centroids, "site": self.site, "modality": self.modality}])

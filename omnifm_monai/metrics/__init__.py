@@ -1,3 +1,3 @@
-from .accuracy import AccuracyMetric, GroupAccuracy
+from .accuracy import AccuracyMetric, class_indices
 
-__all__ = ["AccuracyMetric", "GroupAccuracy"]
+__all__ = ["AccuracyMetric", "class_indices"]

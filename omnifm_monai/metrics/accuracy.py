@@ -1,20 +1,17 @@
-"""Classification / closed-set VQA accuracy: overall and per group (e.g. VQA answer type)."""
+"""Classification / closed-set VQA accuracy (MONAI cumulative metric) and the class-index helper it uses.
+
+The per-group accuracy handler (e.g. per VQA answer type) is :class:`omnifm_monai.handlers.GroupAccuracy`.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from monai.metrics import CumulativeIterationMetric
-from monai.utils import IgniteInfo, min_version, optional_import
 
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
-
-__all__ = ["AccuracyMetric", "GroupAccuracy"]
+__all__ = ["AccuracyMetric", "class_indices"]
 
 
-def _index(x: torch.Tensor) -> torch.Tensor:
+def class_indices(x: torch.Tensor) -> torch.Tensor:
     """Class indices from logits / one-hot ``(B, C)`` or from indices ``(B,)`` / ``(B, 1)``."""
     x = torch.as_tensor(x)
     return x.argmax(dim=1) if x.dim() == 2 and x.shape[1] > 1 else x.reshape(-1).long()
@@ -27,37 +24,8 @@ class AccuracyMetric(CumulativeIterationMetric):
     """
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return (_index(y_pred) == _index(y)).float().unsqueeze(1)
+        return (class_indices(y_pred) == class_indices(y)).float().unsqueeze(1)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         data = self.get_buffer()
         return data.mean() if data is not None and data.numel() else torch.tensor(float("nan"))
-
-
-class GroupAccuracy:
-    """Accuracy per value of a batch key (e.g. ``answer_type``: closed / open), added to ``engine.state.metrics``
-    as ``{prefix}_{group}`` at the end of each run, before the loggers read them.
-
-    Args:
-        group_key: key in each batch item naming its group.
-        prefix: metric name prefix.
-        pred_key / label_key: keys of the prediction and the label in the output.
-    """
-
-    def __init__(self, group_key: str = "answer_type", prefix: str = "val_acc", pred_key: str = "pred", label_key: str = "label") -> None:
-        self.group_key, self.prefix, self.pred_key, self.label_key = group_key, prefix, pred_key, label_key
-        self.hits: dict[str, list[float]] = defaultdict(list)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.hits.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
-
-    def collect(self, engine: Engine) -> None:
-        for item, out in zip(engine.state.batch, engine.state.output, strict=True):
-            pred, label = _index(torch.as_tensor(out[self.pred_key]).reshape(1, -1)), _index(torch.as_tensor(out[self.label_key]).reshape(1, -1))
-            self.hits[str(item[self.group_key])].append(float(pred == label))
-
-    def publish(self, engine: Engine) -> None:
-        for group, hits in self.hits.items():
-            engine.state.metrics[f"{self.prefix}_{group}"] = sum(hits) / len(hits)

@@ -8,7 +8,6 @@ from .fft import (
     ifft_centered,
     log_amplitude,
     low_pass_half_width,
-    low_pass_mask,
     low_pass_slices,
     merge_amplitude_phase,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "ifft_centered",
     "log_amplitude",
     "low_pass_half_width",
-    "low_pass_mask",
     "low_pass_slices",
     "merge_amplitude_phase",
 ]

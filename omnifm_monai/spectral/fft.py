@@ -34,7 +34,6 @@ __all__ = [
     "log_amplitude",
     "low_pass_half_width",
     "low_pass_slices",
-    "low_pass_mask",
 ]
 
 
@@ -111,10 +110,3 @@ def low_pass_slices(spatial_shape: tuple[int, ...], beta: float) -> tuple[slice,
     """Slices selecting the centred low-pass window (``2b + 1`` bins per axis around DC, clipped to the axis)."""
     b = low_pass_half_width(spatial_shape, beta)
     return tuple(slice(max(n // 2 - b, 0), min(n // 2 + b + 1, n)) for n in spatial_shape)
-
-
-def low_pass_mask(spatial_shape: tuple[int, ...], beta: float) -> torch.Tensor:
-    """Boolean mask of the centred low-pass window, shape ``spatial_shape``."""
-    mask = torch.zeros(spatial_shape, dtype=torch.bool)
-    mask[low_pass_slices(spatial_shape, beta)] = True
-    return mask

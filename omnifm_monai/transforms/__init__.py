@@ -1,8 +1,12 @@
-"""MONAI-style spectral transforms: array versions and dictionary versions (``d`` / ``D`` / ``Dict``)."""
+"""MONAI-style transforms: array versions and dictionary versions (``d`` / ``D`` / ``Dict``).
+
+Spectral (Fourier-domain) transforms, the BraTS label map, planar resizing / slicing and question tokens.
+"""
 
 from .array import (
     AmplitudeMix,
     AmplitudeNormalize,
+    ConvertBraTSLabels,
     LowFrequencyLogAmplitude,
     RandAmplitudeMix,
     SuperResolutionDegrade,
@@ -15,6 +19,9 @@ from .dictionary import (
     AmplitudeNormalizeD,
     AmplitudeNormalized,
     AmplitudeNormalizeDict,
+    ConvertBraTSLabelsD,
+    ConvertBraTSLabelsd,
+    ConvertBraTSLabelsDict,
     LowFrequencyLogAmplitudeD,
     LowFrequencyLogAmplituded,
     LowFrequencyLogAmplitudeDict,
@@ -37,6 +44,10 @@ __all__ = [
     "AmplitudeNormalized",
     "AmplitudeNormalizeD",
     "AmplitudeNormalizeDict",
+    "ConvertBraTSLabels",
+    "ConvertBraTSLabelsd",
+    "ConvertBraTSLabelsD",
+    "ConvertBraTSLabelsDict",
     "LowFrequencyLogAmplitude",
     "LowFrequencyLogAmplituded",
     "LowFrequencyLogAmplitudeD",

@@ -1,5 +1,5 @@
 """Fourier-domain transforms: the low-frequency descriptor, FedDG amplitude mixing, HarmoFL amplitude
-normalisation and super-resolution degradations.
+normalisation and super-resolution degradations; and :class:`ConvertBraTSLabels`, a label-value map.
 
 Every FFT goes through :mod:`omnifm_monai.spectral` (centred, ``norm="ortho"``, trailing spatial axes, low-pass
 window of half-width ``b = max(1, floor(beta * min(S)))``). Inputs are channel-first ``(C, *spatial)`` with
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
 from monai.data.utils import to_affine_nd
 from monai.transforms.transform import RandomizableTransform, Transform
 from monai.transforms.utils import scale_affine
@@ -39,6 +40,7 @@ __all__ = [
     "RandAmplitudeMix",
     "AmplitudeNormalize",
     "SuperResolutionDegrade",
+    "ConvertBraTSLabels",
     "amplitude_bank",
 ]
 
@@ -318,3 +320,19 @@ class SuperResolutionDegrade(Transform):
                 to_affine_nd(len(out.affine) - 1, xform), dtype=torch.float64
             )
         return out
+
+
+class ConvertBraTSLabels(Transform):
+    """Map BraTS label values {0, 1, 2, 4} to classes {0, 1, 2, 3} (BraTS 2023's 3 stays 3),
+    or with ``whole_tumour=True`` to a binary whole-tumour mask. For TC/WT/ET channels use MONAI's
+    ``ConvertToMultiChannelBasedOnBratsClasses`` instead."""
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, whole_tumour: bool = False) -> None:
+        self.whole_tumour = whole_tumour
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        img_t = convert_to_tensor(img, track_meta=get_track_meta())
+        out = (img_t > 0).to(img_t.dtype) if self.whole_tumour else torch.where(img_t == 4, 3, img_t)
+        return convert_to_dst_type(out, img)[0]

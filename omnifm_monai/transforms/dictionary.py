@@ -14,6 +14,7 @@ from monai.utils import ensure_tuple
 from .array import (
     AmplitudeMix,
     AmplitudeNormalize,
+    ConvertBraTSLabels,
     LowFrequencyLogAmplitude,
     RandAmplitudeMix,
     SuperResolutionDegrade,
@@ -35,6 +36,9 @@ __all__ = [
     "SuperResolutionDegraded",
     "SuperResolutionDegradeD",
     "SuperResolutionDegradeDict",
+    "ConvertBraTSLabelsd",
+    "ConvertBraTSLabelsD",
+    "ConvertBraTSLabelsDict",
 ]
 
 
@@ -193,8 +197,27 @@ class SuperResolutionDegraded(MapTransform):
         return d
 
 
+class ConvertBraTSLabelsd(MapTransform):
+    """Dictionary-based wrapper of :class:`~omnifm_monai.transforms.ConvertBraTSLabels`."""
+
+    backend = ConvertBraTSLabels.backend
+
+    def __init__(
+        self, keys: KeysCollection, whole_tumour: bool = False, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = ConvertBraTSLabels(whole_tumour)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
 LowFrequencyLogAmplitudeD = LowFrequencyLogAmplitudeDict = LowFrequencyLogAmplituded
 AmplitudeMixD = AmplitudeMixDict = AmplitudeMixd
 RandAmplitudeMixD = RandAmplitudeMixDict = RandAmplitudeMixd
 AmplitudeNormalizeD = AmplitudeNormalizeDict = AmplitudeNormalized
 SuperResolutionDegradeD = SuperResolutionDegradeDict = SuperResolutionDegraded
+ConvertBraTSLabelsD = ConvertBraTSLabelsDict = ConvertBraTSLabelsd

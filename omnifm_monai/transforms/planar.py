@@ -16,7 +16,9 @@ class ResizePlanard(Resized):
     A ``Resized`` whose target is chosen per image, so MONAI's ``Invertd`` restores the original grid.
     """
 
-    def __init__(self, keys: KeysCollection, size: int, mode: str = "area", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, size: int, mode: str = "area", allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, spatial_size=(size, size), mode=mode, allow_missing_keys=allow_missing_keys)
         self.size = size
 

@@ -33,7 +33,11 @@ class TokenizeQuestiond(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, vocabulary: Sequence[str], max_length: int = 24, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        vocabulary: Sequence[str],
+        max_length: int = 24,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(vocabulary) < 2 or vocabulary[0] != PAD or vocabulary[1] != UNKNOWN:

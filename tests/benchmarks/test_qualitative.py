@@ -22,7 +22,9 @@ SMALL = {"image_size": 32, "batch_size": 4}
 
 def _load_module():
     # benchmarks/ is a folder of scripts, not a package: load the module by path (registered for dataclasses)
-    spec = importlib.util.spec_from_file_location("benchmarks_qualitative", ROOT / "benchmarks" / "qualitative.py")
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks_qualitative", ROOT / "benchmarks" / "qualitative.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -40,8 +42,14 @@ def run_dir(reference_sites, tmp_path_factory):
     def make(task: str, strategy: str) -> Path:
         out = root / f"{task}_{strategy}"
         if out not in made:
-            simulate(str(ROOT / "bundles" / f"omnifm_{task}"), strategy, rounds=1, output=str(out),
-                     sites={s: str(reference_sites / s) for s in SITES}, overrides=SMALL)
+            simulate(
+                str(ROOT / "bundles" / f"omnifm_{task}"),
+                strategy,
+                rounds=1,
+                output=str(out),
+                sites={s: str(reference_sites / s) for s in SITES},
+                overrides=SMALL,
+            )
             made[out] = True
         return out
 
@@ -56,8 +64,13 @@ def _first_row(run: Path, site: str, metric: str) -> float:
 
 def test_draw_panels_one_row_per_site_or_sites_side_by_side(tmp_path):
     image = np.random.default_rng(0).random((16, 16))
-    rows = [(f"s{i}", [q.Panel(image, "in"), q.Panel((image > 0.5).astype(int), "gt", "label"), q.Panel(image, "p")])
-            for i in range(3)]
+    rows = [
+        (
+            f"s{i}",
+            [q.Panel(image, "in"), q.Panel((image > 0.5).astype(int), "gt", "label"), q.Panel(image, "p")],
+        )
+        for i in range(3)
+    ]
     fig = q.draw_panels(rows, tmp_path / "grid.png")
     assert fig.axes[0].get_gridspec().get_geometry() == (3, 3)
     assert (tmp_path / "grid.png").stat().st_size > 0
@@ -81,41 +94,62 @@ def test_dice_and_psnr_follow_the_bundle_metrics():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, strategy", [("segmentation", "omnifm"), ("super_resolution", "fedavg"),
-                                            ("classification", "local"), ("vqa", "fedavg")])
+@pytest.mark.parametrize(
+    "task, strategy",
+    [
+        ("segmentation", "omnifm"),
+        ("super_resolution", "fedavg"),
+        ("classification", "local"),
+        ("vqa", "fedavg"),
+    ],
+)
 def test_predictions_match_the_simulator_test_metrics(run_dir, task, strategy):
     run = run_dir(task, strategy)
     found, rows, preds = q.figure_panels({"A": run, "B": run})
     assert found == task and [site for site, _ in rows] == SITES
     for site, panels in rows:
         pred = preds["A"][site]
-        np.testing.assert_array_equal(preds["B"][site].output, pred.output)  # the same run twice: deterministic
+        np.testing.assert_array_equal(
+            preds["B"][site].output, pred.output
+        )  # the same run twice: deterministic
         folder = json.loads((run / "run.json").read_text())["sites"][site]
         first = json.loads((Path(folder) / f"{task}.json").read_text())["test"][0]
         if task == "segmentation":
             assert len(panels) == 2 + 2 and set(np.unique(pred.output)) <= {0, 1, 2}
             assert pred.score == pytest.approx(_first_row(run, site, "val_mean_dice"), abs=1e-5, nan_ok=True)
         elif task == "super_resolution":
-            assert [p.title.split("\n")[1] for p in (panels[0], panels[-1])] == ["low-res input", "target (high-res)"]
+            assert [p.title.split("\n")[1] for p in (panels[0], panels[-1])] == [
+                "low-res input",
+                "target (high-res)",
+            ]
             assert pred.score == pytest.approx(_first_row(run, site, "val_psnr"), abs=1e-3)
-            assert q.psnr(pred.image, pred.target) == pytest.approx(_first_row(run, site, "val_psnr_input"), abs=1e-3)
+            assert q.psnr(pred.image, pred.target) == pytest.approx(
+                _first_row(run, site, "val_psnr_input"), abs=1e-3
+            )
         else:
             assert pred.target == first["label"]
             assert float(pred.output == pred.target) == _first_row(run, site, "val_accuracy")
         if task == "classification":
             assert f"true: {first['class_name']}" in panels[0].title
         if task == "vqa":
-            assert first["question"].split()[0] in panels[0].caption and f"true: {first['answer']}" in panels[0].caption
+            assert (
+                first["question"].split()[0] in panels[0].caption
+                and f"true: {first['answer']}" in panels[0].caption
+            )
 
 
 @pytest.mark.slow
 def test_segmentation_figure_and_the_sites_of_a_centralized_run(run_dir, reference_sites, tmp_path):
-    runs = {"FedAvg": run_dir("segmentation", "fedavg"), "Centralized": run_dir("segmentation", "centralized")}
+    runs = {
+        "FedAvg": run_dir("segmentation", "fedavg"),
+        "Centralized": run_dir("segmentation", "centralized"),
+    }
     _, rows, preds = q.figure_panels(runs)
     assert [site for site, _ in rows] == SITES and all(len(panels) == 2 + len(runs) for _, panels in rows)
     for site in SITES:  # the pooled model, tested on every site's own test split by the simulator too
         assert preds["Centralized"][site].score == pytest.approx(
-            _first_row(runs["Centralized"], site, "val_mean_dice"), abs=1e-5, nan_ok=True)
+            _first_row(runs["Centralized"], site, "val_mean_dice"), abs=1e-5, nan_ok=True
+        )
     # a centralized run alone: its sites come from the pooled datalist's paths
     alone = {"Centralized": runs["Centralized"]}
     assert q.site_folders(alone, "segmentation") == {s: str(reference_sites / s) for s in SITES}

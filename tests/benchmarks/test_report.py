@@ -29,8 +29,26 @@ def results(tmp_path):
     for (s, seed, site), v in values.items():
         cell = run.Cell("segmentation", "cross_modality", s, "scratch", seed)
         base = dict(zip(run.CELL_FIELDS, cell.key, strict=True))
-        rows += [{**base, "round": 1, "site": site, "split": "test", "metric": "mean_dice", "value": v, "commit": "abc"},
-                 {**base, "round": 1, "site": site, "split": "test", "metric": "hd95", "value": 9.0, "commit": "abc"}]
+        rows += [
+            {
+                **base,
+                "round": 1,
+                "site": site,
+                "split": "test",
+                "metric": "mean_dice",
+                "value": v,
+                "commit": "abc",
+            },
+            {
+                **base,
+                "round": 1,
+                "site": site,
+                "split": "test",
+                "metric": "hd95",
+                "value": 9.0,
+                "commit": "abc",
+            },
+        ]
         rows += [{**base, "round": r, "site": site, "split": "validation", "metric": "mean_dice", "value": v * r / 2, "commit": "abc"}
                  for r in (0, 1)]  # fmt: skip
         if site == SITES[0]:
@@ -56,9 +74,13 @@ def test_scenario_table_matches_numpy_and_bolds_the_best(results):
         per_seed = [np.mean([values[(s, seed, site)] for site in SITES]) for seed in SEEDS]
         cells = _cell_text(table, s)
         assert cells[2].strip("*") == f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1):.3f}"
-        assert cells[0].strip("*").startswith(f"{np.mean([values[(s, seed, SITES[0])] for seed in SEEDS]):.3f}")
+        assert (
+            cells[0].strip("*").startswith(f"{np.mean([values[(s, seed, SITES[0])] for seed in SEEDS]):.3f}")
+        )
         assert cells[3:] == ["2.0", "2.00"]  # s/round, MB/round (two sites x 1 MB)
-    best = max(STRATEGIES, key=lambda s: np.mean([values[(s, seed, site)] for seed in SEEDS for site in SITES]))
+    best = max(
+        STRATEGIES, key=lambda s: np.mean([values[(s, seed, site)] for seed in SEEDS for site in SITES])
+    )
     assert [s for s in STRATEGIES if _cell_text(table, s)[2].startswith("**")] == [best]
 
 
@@ -86,7 +108,10 @@ def test_readme_block_is_replaced_between_the_markers_only(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- benchmark:start -->\nold table\n<!-- benchmark:end -->\nlicence\n")
     report.update_readme(readme, ["| new |", "|---|"])
-    assert readme.read_text() == "intro\n<!-- benchmark:start -->\n| new |\n|---|\n<!-- benchmark:end -->\nlicence\n"
+    assert (
+        readme.read_text()
+        == "intro\n<!-- benchmark:start -->\n| new |\n|---|\n<!-- benchmark:end -->\nlicence\n"
+    )
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ValueError, match="plain.md"):
         report.update_readme(tmp_path / "plain.md", ["x"])

@@ -27,7 +27,9 @@ def default():
 def test_default_suite_covers_every_task_scenario_strategy_and_seed(default):
     cells = run.expand(default)
     assert len(cells) == len(set(cells))
-    assert {"segmentation", "classification", "super_resolution_x2", "super_resolution_x4", "vqa"} == set(default["tasks"])
+    assert {"segmentation", "classification", "super_resolution_x2", "super_resolution_x4", "vqa"} == set(
+        default["tasks"]
+    )
     seeds = defaultdict(set)
     for c in cells:
         seeds[(c.task, c.scenario, c.strategy, c.init)].add(c.seed)
@@ -35,7 +37,11 @@ def test_default_suite_covers_every_task_scenario_strategy_and_seed(default):
     for task in default["tasks"]:
         for scenario in ("cross_modality", "intra_modality"):
             for strategy in REQUIRED:
-                assert seeds[(task, scenario, strategy, "scratch")] == set(default["seeds"]), (task, scenario, strategy)
+                assert seeds[(task, scenario, strategy, "scratch")] == set(default["seeds"]), (
+                    task,
+                    scenario,
+                    strategy,
+                )
         assert seeds[(task, "cross_modality", "omnifm", "pretrained")] == set(default["seeds"])
     # every OmniFM part is ablated, and the SPA weight takes at least two values besides the default
     variants = default["variants"].values()
@@ -57,7 +63,7 @@ def test_every_strategy_gets_the_same_local_budget(default, tmp_path, monkeypatc
     """Within a task and scenario every strategy trains the same rounds x epochs, batch, image size and sites."""
     import functools
 
-    import omnifm_monai.fl.simulator as simulator
+    import omnifm_monai.fl.bundle as simulator
 
     monkeypatch.setattr(simulator, "bundle_task", functools.lru_cache(simulator.bundle_task))
     tasks = {t: simulator.bundle_task(ROOT / spec["bundle"]) for t, spec in default["tasks"].items()}
@@ -68,7 +74,9 @@ def test_every_strategy_gets_the_same_local_budget(default, tmp_path, monkeypatc
     for c in run.expand(default):
         kw = run.simulate_kwargs(default, c, tmp_path)
         o = kw["overrides"]
-        budgets[(c.task, c.scenario)].add((kw["rounds"], kw["local_epochs"], o["batch_size"], o["image_size"], tuple(kw["sites"])))
+        budgets[(c.task, c.scenario)].add(
+            (kw["rounds"], kw["local_epochs"], o["batch_size"], o["image_size"], tuple(kw["sites"]))
+        )
     assert all(len(b) == 1 for b in budgets.values()), {k: b for k, b in budgets.items() if len(b) > 1}
 
 
@@ -87,15 +95,23 @@ def test_simulate_kwargs_merge_settings_and_point_fine_tuning_at_the_pretrained_
     assert list(kw["sites"]) == ["icbm_t1", "colin_t1", "icbm_t2w", "icbm_pdw", "icbm_flair"]  # CT: no labels
     pre = run.pretraining_cell(default, "segmentation")
     assert kw["init_weights"] == str(pre.folder(tmp_path) / "global_model.pt")
-    assert run.simulate_kwargs(default, pre, tmp_path)["sites"] == {"t1_scanner_a": str(tmp_path / "sites" / "t1_scanner_a")}
+    assert run.simulate_kwargs(default, pre, tmp_path)["sites"] == {
+        "t1_scanner_a": str(tmp_path / "sites" / "t1_scanner_a")
+    }
     _sites(tmp_path, ["head_ct"], "super_resolution")
-    sr = run.simulate_kwargs(default, run.Cell("super_resolution_x4", "cross_modality", "fedavg", "scratch", 0), tmp_path)
+    sr = run.simulate_kwargs(
+        default, run.Cell("super_resolution_x4", "cross_modality", "fedavg", "scratch", 0), tmp_path
+    )
     assert sr["overrides"]["scale"] == 4 and sr["init_weights"] is None and list(sr["sites"]) == ["head_ct"]
 
 
 def test_bad_suite_names_the_file_and_the_problem(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text((run.SUITES / "quick.yaml").read_text().replace("strategies: [fedavg, omnifm]", "strategies: [fedavg, fedmagic]"))
+    path.write_text(
+        (run.SUITES / "quick.yaml")
+        .read_text()
+        .replace("strategies: [fedavg, omnifm]", "strategies: [fedavg, fedmagic]")
+    )
     with pytest.raises(ValueError, match=r"bad\.yaml.*fedmagic"):
         run.load_suite(path)
     with pytest.raises(FileNotFoundError, match="nosuch"):
@@ -117,14 +133,21 @@ def _row(cell, split="test", value="0.5", metric="mean_dice", site="a"):
 
 def test_results_append_whole_cells_and_checks_find_missing_and_non_finite(tmp_path):
     results = tmp_path / "r.csv"
-    a, b, c = (run.Cell("segmentation", "cross_modality", s, "scratch", 0) for s in ("fedavg", "omnifm", "local"))
+    a, b, c = (
+        run.Cell("segmentation", "cross_modality", s, "scratch", 0) for s in ("fedavg", "omnifm", "local")
+    )
     run.append(results, [_row(a), _row(a, "validation")])
     run.append(results, [_row(b, value="nan")])
     with open(results) as f:
         assert list(csv.reader(f))[0] == list(run.FIELDS)  # one header, then rows
     assert run.completed(results) == {a.key, b.key}
     problems = run.check_results([a, b, c], results)
-    assert len(problems) == 2 and "nan" in problems[0] and "local" in problems[1] and "no test metrics" in problems[1]
+    assert (
+        len(problems) == 2
+        and "nan" in problems[0]
+        and "local" in problems[1]
+        and "no test metrics" in problems[1]
+    )
 
 
 @pytest.mark.slow
@@ -151,7 +174,12 @@ def test_quick_suite_runs_every_cell_resumes_and_reports(tmp_path):
 
     import report
 
-    md = report.write_report(suite, results, tmp_path / "report" / "quick.md", tmp_path / "report" / "plots", workdir)
+    md = report.write_report(
+        suite, results, tmp_path / "report" / "quick.md", tmp_path / "report" / "plots", workdir
+    )
     text = md.read_text()
     for task in suite["tasks"]:
-        assert f"## {task}" in text and (tmp_path / "report" / "plots" / f"{task}_curves.png").stat().st_size > 1000
+        assert (
+            f"## {task}" in text
+            and (tmp_path / "report" / "plots" / f"{task}_curves.png").stat().st_size > 1000
+        )

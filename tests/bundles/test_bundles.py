@@ -21,12 +21,25 @@ SCHEMA = BUNDLES_DIR / "metadata_schema.json"
 
 # bundle -> the datalist task it reads, the site it trains on, its key metric, and what inference writes
 SPECS = {
-    "omnifm_segmentation": dict(task="segmentation", site="icbm_t1", key_metric="val_mean_dice", output="nifti", postfix="seg"),
-    "omnifm_classification": dict(task="classification", site="icbm_t1", key_metric="val_accuracy", output="json", postfix="level"),
-    "omnifm_super_resolution": dict(task="super_resolution", site="icbm_t1", key_metric="val_ssim", output="nifti", postfix="sr"),  # PSNR is unbounded
+    "omnifm_segmentation": dict(
+        task="segmentation", site="icbm_t1", key_metric="val_mean_dice", output="nifti", postfix="seg"
+    ),
+    "omnifm_classification": dict(
+        task="classification", site="icbm_t1", key_metric="val_accuracy", output="json", postfix="level"
+    ),
+    "omnifm_super_resolution": dict(
+        task="super_resolution", site="icbm_t1", key_metric="val_ssim", output="nifti", postfix="sr"
+    ),  # PSNR is unbounded
     # two inputs (image, question): MONAI's ckpt_export traces a single input, so the VQA network is not exported
-    "omnifm_vqa": dict(task="vqa", site="icbm_t1", key_metric="val_accuracy", output="json", postfix="answer", export=False,
-                       forward_args={"extra_forward_args": {"question": torch.randint(1, 20, (1, 24))}}),
+    "omnifm_vqa": dict(
+        task="vqa",
+        site="icbm_t1",
+        key_metric="val_accuracy",
+        output="json",
+        postfix="answer",
+        export=False,
+        forward_args={"extra_forward_args": {"question": torch.randint(1, 20, (1, 24))}},
+    ),
 }
 
 pytestmark = pytest.mark.slow
@@ -115,7 +128,14 @@ def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_p
     else:
         input_path = str(_dicom_series(tmp_path / "series"))
     out_dir = tmp_path / "predictions"
-    _run(_workflow(name, ["train.json", "inference.json"], "infer", {**overrides, "input_path": input_path, "output_dir": str(out_dir)}))
+    _run(
+        _workflow(
+            name,
+            ["train.json", "inference.json"],
+            "infer",
+            {**overrides, "input_path": input_path, "output_dir": str(out_dir)},
+        )
+    )
     written = list(out_dir.iterdir())
     assert len(written) == 1 and spec["postfix"] in written[0].name
     image = LoadImage(image_only=True)(input_path)
@@ -134,9 +154,14 @@ def test_verify_metadata_and_net_in_out(trained):
     name, overrides = trained
     cfg = BUNDLES_DIR / name / "configs"
     verify_metadata(meta_file=str(cfg / "metadata.json"), filepath=str(SCHEMA))
-    verify_net_in_out(net_id="network_def", meta_file=str(cfg / "metadata.json"), config_file=str(cfg / "train.json"),
-                      bundle_root=overrides["bundle_root"], dataset_dir=overrides["dataset_dir"],  # VQA sizes come from the data
-                      **SPECS[name].get("forward_args", {}))
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(cfg / "metadata.json"),
+        config_file=str(cfg / "train.json"),
+        bundle_root=overrides["bundle_root"],
+        dataset_dir=overrides["dataset_dir"],  # VQA sizes come from the data
+        **SPECS[name].get("forward_args", {}),
+    )
 
 
 def test_export_torchscript_matches_the_checkpoint(trained, tmp_path):
@@ -147,9 +172,15 @@ def test_export_torchscript_matches_the_checkpoint(trained, tmp_path):
     target = tmp_path / "model.ts"
     ckpt = Path(overrides["ckpt_dir"]) / "model.pt"
     ckpt_export(
-        net_id="network_def", filepath=str(target), ckpt_file=str(ckpt), meta_file=str(cfg / "metadata.json"),
-        config_file=str(cfg / "train.json"), bundle_root=overrides["bundle_root"], dataset_dir=overrides["dataset_dir"],
-        use_trace=True, input_shape=[1, 1, 128, 128],
+        net_id="network_def",
+        filepath=str(target),
+        ckpt_file=str(ckpt),
+        meta_file=str(cfg / "metadata.json"),
+        config_file=str(cfg / "train.json"),
+        bundle_root=overrides["bundle_root"],
+        dataset_dir=overrides["dataset_dir"],
+        use_trace=True,
+        input_shape=[1, 1, 128, 128],
     )
     exported = torch.jit.load(str(target))
     workflow = _workflow(name, ["train.json"], "train", overrides)

@@ -9,13 +9,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from monai.bundle import ConfigParser
 from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
 
+from omnifm_monai.data.layout import datalist_path, find_sites
 from omnifm_monai.data.readers import (
     SPLITS,
-    ConvertBraTSLabelsd,
     read_brats,
     read_breakhis,
     read_medmnist,
@@ -23,11 +23,18 @@ from omnifm_monai.data.readers import (
     read_vqa_rad,
     split_by_group,
 )
-from omnifm_monai.data.validation import validate_datalist
+from omnifm_monai.data.validation import check_datalist, validate_datalist
 from omnifm_monai.transforms import PAD, UNKNOWN, words
 
 Image = pytest.importorskip("PIL.Image")
 RNG = np.random.default_rng(0)
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+BUNDLE = {
+    "classification": "omnifm_classification",
+    "segmentation": "omnifm_segmentation",
+    "super_resolution": "omnifm_super_resolution",
+    "vqa": "omnifm_vqa",
+}
 
 
 def _png(path: Path, shape: tuple[int, ...] = (12, 16, 3)) -> None:
@@ -58,6 +65,34 @@ def _load_all(summary: dict, segmentation: bool = False) -> dict[str, dict[str, 
     return out
 
 
+def _as_a_bundle_reads_it(summary: dict, channels: int | dict[str, int]) -> None:
+    """The reader's sites are the ``find_sites`` of its output folder for its task, and each one is a
+    ``dataset_dir`` the task's bundle reads: its ``datalist`` id resolves to the written file, which passes
+    ``check_datalist`` as the bundle's ``initialize`` calls it (``expected_channels``: the bundles' 1, or an
+    RGB dataset's 3, for which ``in_channels`` is overridden), and the metadata ids it reads resolve."""
+    task = summary["task"]
+    sites = find_sites(summary["output_dir"], task)
+    assert list(sites) == sorted(sites)
+    assert sites == {site: info["dataset_dir"] for site, info in summary["sites"].items()}
+    for site, site_dir in sites.items():
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLES / BUNDLE[task] / "configs" / "train.json"))
+        parser["dataset_dir"] = site_dir
+        path = parser.get_parsed_content("datalist")
+        assert path == str(datalist_path(site_dir, task)) == summary["sites"][site]["datalist"]
+        n = channels if isinstance(channels, int) else channels[site]
+        assert check_datalist(path, task, base_dir=site_dir, expected_channels=n) == path
+        meta = parser.get_parsed_content("datalist_meta")
+        assert meta["site"] == site and meta["task"] == task and isinstance(meta["modality"], str)
+        if task == "classification":
+            assert parser.get_parsed_content("class_names") == meta["classes"]
+        elif task == "segmentation":
+            assert {int(v) for v in meta["labels"]} >= {0}
+        elif task == "vqa":
+            assert parser.get_parsed_content("answers") == meta["answers"] == summary["answers"]
+            assert parser.get_parsed_content("vocabulary") == meta["vocabulary"] == summary["vocabulary"]
+
+
 def test_split_by_group_deterministic_and_disjoint():
     groups = [f"p{i}" for i in range(20)]
     a, b = split_by_group(groups, 0.1, 0.2, seed=3), split_by_group(reversed(groups), 0.1, 0.2, seed=3)
@@ -68,21 +103,31 @@ def test_split_by_group_deterministic_and_disjoint():
         split_by_group(groups, 0.5, 0.5)
 
 
-def test_medmnist(tmp_path):
+def _medmnist(root: Path) -> Path:
+    """Two grey-level MedMNIST v2 files, 28 px (``<flag>.npz``) and 64 px (``<flag>_64.npz``)."""
+    root.mkdir(parents=True, exist_ok=True)
     for name, size, n in (("organamnist", 28, (6, 3, 3)), ("organcmnist_64", 64, (5, 2, 4))):
         arrays = {}
         for part, k in zip(("train", "val", "test"), n, strict=True):
             arrays[f"{part}_images"] = RNG.integers(0, 255, (k, size, size), dtype=np.uint8)
             arrays[f"{part}_labels"] = (np.arange(k) % 3).reshape(-1, 1).astype(np.uint8)
-        np.savez(tmp_path / f"{name}.npz", **arrays)
+        np.savez(root / f"{name}.npz", **arrays)
+    return root
+
+
+def test_medmnist(tmp_path):
+    _medmnist(tmp_path)
     names = {"organamnist": {"0": "bladder", "1": "femur-left", "2": "femur-right"}}
     summary = read_medmnist(tmp_path, tmp_path / "out", class_names=names)
     assert summary["sites"]["organamnist"] | {"datalist": 0} == {
+        "dataset_dir": str(tmp_path / "out" / "organamnist"),
         "datalist": 0,
         "training": 6,
         "validation": 3,
         "test": 3,
     }
+    site_dir = tmp_path / "out" / "organamnist"
+    assert summary["sites"]["organamnist"]["datalist"] == str(site_dir / "classification.json")
     assert [summary["sites"]["organcmnist"][s] for s in SPLITS] == [5, 2, 4]
     dl = json.loads(Path(summary["sites"]["organamnist"]["datalist"]).read_text())
     assert dl["classes"] == ["bladder", "femur-left", "femur-right"] and dl["modality"] == "CT (axial)"
@@ -95,7 +140,6 @@ def test_medmnist(tmp_path):
     assert first.shape == (64, 64)
     npz = np.load(tmp_path / "organcmnist_64.npz")
     np.testing.assert_array_equal(first.numpy().T, npz["test_images"][0])  # PIL reader returns (W, H)
-    validate_datalist(summary["sites"]["organamnist"]["datalist"], "classification", expected_channels=1)
     # seeded subsampling
     sub = read_medmnist(tmp_path / "organamnist.npz", tmp_path / "sub", max_per_split=2, seed=1)
     assert [sub["sites"]["organamnist"][s] for s in SPLITS] == [2, 2, 2]
@@ -116,6 +160,7 @@ def test_medmnist_rgb_volume_and_multilabel(tmp_path):
     write("nodulemnist3d.npz", RNG.integers(0, 255, (2, 6, 6, 6), dtype=np.uint8), np.array([[0], [1]]))
     summary = read_medmnist([tmp_path / "bloodmnist.npz", tmp_path / "nodulemnist3d.npz"], tmp_path / "out")
     loaded = _load_all(summary)
+    _as_a_bundle_reads_it(summary, {"bloodmnist": 3, "nodulemnist3d": 1})
     assert (
         LoadImage(image_only=True, ensure_channel_first=True)(
             loaded["bloodmnist"]["training"][0]["image"]
@@ -143,13 +188,19 @@ def _brats(root: Path) -> Path:
     return root / "partitioning_1.csv"
 
 
+def test_medmnist_writes_classification_sites(tmp_path):
+    summary = read_medmnist(_medmnist(tmp_path / "MedMNIST"), tmp_path / "out")
+    assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "classification"
+    assert sorted(summary["sites"]) == ["organamnist", "organcmnist"]
+    _as_a_bundle_reads_it(summary, channels=1)
+
+
 def test_brats(tmp_path):
     csv_file = _brats(tmp_path / "FeTS")
     summary = read_brats(tmp_path / "FeTS", tmp_path / "out", csv_file, modality="t1ce", seed=0)
     assert sorted(summary["sites"]) == ["partition_1", "partition_2"]
     for info in summary["sites"].values():  # 2 cases: one trains, one tests (a fraction > 0 gets one)
         assert [info[s] for s in SPLITS] == [1, 0, 1]
-        validate_datalist(info["datalist"], "segmentation", expected_channels=1)
     loaded = _load_all(summary, segmentation=True)
     item = loaded["partition_1"]["training"][0]
     assert item["image"].endswith("_t1ce.nii.gz") and item["label"].endswith("_seg.nii.gz")
@@ -163,19 +214,25 @@ def test_brats(tmp_path):
     )
     seqs = {s: json.loads(Path(i["datalist"]).read_text())["modality"] for s, i in cross["sites"].items()}
     assert seqs == {"partition_1": "MRI t1", "partition_2": "MRI flair"}
-    # all four sequences as channels; labels mapped {0,1,2,4} -> {0,1,2,3}
+    # all four sequences as channels (the label map {0,1,2,4}: tests/transforms/test_convert_brats_labels.py)
     multi = read_brats(tmp_path / "FeTS", tmp_path / "all", modality="all")
     item = _load_all(multi, segmentation=True)["brats"]["training"][0]
     data = LoadImage(image_only=True, ensure_channel_first=True)
     assert data(item["image"]).shape == (4, 8, 8, 6)
-    seg = ConvertBraTSLabelsd("label")({"label": data(item["label"])})["label"]
-    assert set(torch.unique(seg).tolist()) == {0, 1, 2, 3}
-    whole = ConvertBraTSLabelsd("label", whole_tumour=True)({"label": np.array([0, 1, 2, 4])})["label"]
-    np.testing.assert_array_equal(whole, [0, 1, 1, 1])
+    _as_a_bundle_reads_it(multi, channels=4)
 
 
-def test_breakhis(tmp_path):
-    root = tmp_path / "BreaKHis_v1" / "histology_slides" / "breast"
+def test_brats_writes_segmentation_sites(tmp_path):
+    csv_file = _brats(tmp_path / "FeTS")
+    summary = read_brats(tmp_path / "FeTS", tmp_path / "out", csv_file, modality="t1ce")
+    assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "segmentation"
+    assert sorted(summary["sites"]) == ["partition_1", "partition_2"]
+    _as_a_bundle_reads_it(summary, channels=1)
+
+
+def _breakhis(root: Path) -> Path:
+    """BreaKHis v1 at 40X and 100X: 2 patients per class, one with two slide folders; returns its root."""
+    slides = root / "BreaKHis_v1" / "histology_slides" / "breast"
     patients = {  # 2 patients per class; patient 14-21998 has two slide folders that must stay together
         "benign": [("adenosis", "SOB_B_A_14-22549AB"), ("fibroadenoma", "SOB_B_F_14-21998CD"), ("fibroadenoma", "SOB_B_F_14-21998EF")],
         "malignant": [("ductal_carcinoma", "SOB_M_DC_14-2523"), ("lobular_carcinoma", "SOB_M_LC_14-12204")],
@@ -184,7 +241,12 @@ def test_breakhis(tmp_path):
         for tumour, folder in folders:
             for mag in ("40X", "100X"):
                 for k in range(2):
-                    _png(root / cls / "SOB" / tumour / folder / mag / f"{folder}-{mag[:-1]}-{k:03d}.png")
+                    _png(slides / cls / "SOB" / tumour / folder / mag / f"{folder}-{mag[:-1]}-{k:03d}.png")
+    return root / "BreaKHis_v1"
+
+
+def test_breakhis(tmp_path):
+    _breakhis(tmp_path)
     summary = read_breakhis(tmp_path / "BreaKHis_v1", tmp_path / "out", seed=0)
     assert sorted(summary["sites"]) == ["breakhis_100x", "breakhis_40x"]
     loaded = _load_all(summary)
@@ -194,7 +256,6 @@ def test_breakhis(tmp_path):
         labels = {s: sorted({i["label"] for i in splits[s]}) for s in SPLITS}
         assert labels["training"] == labels["test"] == [0, 1]  # stratified by class
         assert sum(summary["sites"][site][s] for s in SPLITS) == 10
-        validate_datalist(summary["sites"][site]["datalist"], "classification", expected_channels=3)
     assert {i["image"].split("/")[-3] for i in loaded["breakhis_40x"]["training"]} in (
         {"SOB_B_A_14-22549AB", "SOB_M_DC_14-2523"}, {"SOB_B_A_14-22549AB", "SOB_M_LC_14-12204"},
         {"SOB_B_F_14-21998CD", "SOB_B_F_14-21998EF", "SOB_M_DC_14-2523"},
@@ -209,9 +270,25 @@ def test_breakhis(tmp_path):
     validate_datalist(sr["sites"]["breakhis_40x"]["datalist"], "super_resolution")
 
 
-def test_vqa_rad_and_slake_share_answers(tmp_path):
+def test_breakhis_writes_classification_and_super_resolution_sites(tmp_path):
+    """Both tasks read into one folder: each site folder holds one datalist per task, like a reference site."""
+    source = _breakhis(tmp_path / "data")
+    classification = read_breakhis(source, tmp_path / "out")
+    super_resolution = read_breakhis(source, tmp_path / "out", task="super_resolution")
+    for summary in (classification, super_resolution):
+        assert sorted(summary["sites"]) == ["breakhis_100x", "breakhis_40x"]
+        _as_a_bundle_reads_it(summary, channels=3)
+    for site in ("breakhis_100x", "breakhis_40x"):
+        assert sorted(p.name for p in (tmp_path / "out" / site).glob("*.json")) == [
+            "classification.json",
+            "super_resolution.json",
+        ]
+
+
+def _vqa_rad(root: Path) -> tuple[Path, Path, list[dict]]:
+    """VQA-RAD: ``VQA_RAD Dataset Public.json`` and its image folder (grey-level images); also the rows."""
     for k in range(4):
-        _png(tmp_path / "VQA_RAD Image Folder" / f"synpic{k}.jpg", (10, 10))
+        _png(root / "VQA_RAD Image Folder" / f"synpic{k}.jpg", (10, 10))
     rad = [
         {"qid": 1, "image_name": "synpic0.jpg", "question": "Is there a fracture?", "answer": "Yes", "answer_type": "CLOSED"},
         {"qid": 2, "image_name": "synpic0.jpg", "question": "How many lesions?", "answer": 2, "answer_type": "OPEN "},
@@ -219,10 +296,44 @@ def test_vqa_rad_and_slake_share_answers(tmp_path):
         {"qid": 4, "image_name": "synpic2.jpg", "question": "Is the heart enlarged?", "answer": "yes", "answer_type": "CLOSED"},
         {"qid": 5, "image_name": "synpic3.jpg", "question": "What organ?", "answer": "Liver", "answer_type": "OPEN"},
     ]  # fmt: skip
-    (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(rad))
-    summary = read_vqa_rad(
-        tmp_path / "VQA_RAD Dataset Public.json", tmp_path / "VQA_RAD Image Folder", tmp_path / "out"
-    )
+    (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(rad))
+    return root / "VQA_RAD Dataset Public.json", root / "VQA_RAD Image Folder", rad
+
+
+def _slake(root: Path) -> tuple[Path, Path]:
+    """SLAKE, bilingual, as one JSON list (``all.json``) and its RGB image folder."""
+    slake = [
+        {"qid": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT", "content_type": "Organ"},
+        {"qid": 2, "img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肝脏", "q_lang": "zh", "answer_type": "OPEN", "modality": "CT"},
+        {"qid": 3, "img_name": "xmlab2/source.jpg", "question": "Is it abnormal?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
+        {"qid": 4, "img_name": "xmlab3/source.jpg", "question": "Is it a T2?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "modality": "MRI"},
+        {"qid": 5, "img_name": "xmlab4/source.jpg", "question": "Where is the lesion?", "answer": "Left Lung", "q_lang": "en", "answer_type": "OPEN", "modality": "X-Ray"},
+    ]  # fmt: skip
+    for k in range(1, 5):
+        _png(root / "Slake1.0" / "imgs" / f"xmlab{k}" / "source.jpg", (10, 10, 3))
+    (root / "Slake1.0" / "all.json").write_text(json.dumps(slake, ensure_ascii=False))
+    return root / "Slake1.0" / "all.json", root / "Slake1.0" / "imgs"
+
+
+def test_vqa_rad_writes_vqa_sites(tmp_path):
+    json_file, image_dir, _ = _vqa_rad(tmp_path / "data")
+    summary = read_vqa_rad(json_file, image_dir, tmp_path / "out")
+    assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "vqa"
+    assert list(summary["sites"]) == ["vqa_rad"]
+    _as_a_bundle_reads_it(summary, channels=1)
+
+
+def test_slake_writes_vqa_sites(tmp_path):
+    json_file, image_dir = _slake(tmp_path / "data")
+    summary = read_slake(json_file, image_dir, tmp_path / "out")
+    assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "vqa"
+    assert sorted(summary["sites"]) == ["slake_ct", "slake_mri", "slake_x_ray"]
+    _as_a_bundle_reads_it(summary, channels=3)
+
+
+def test_vqa_rad_and_slake_share_answers(tmp_path):
+    json_file, image_dir, rad = _vqa_rad(tmp_path)
+    summary = read_vqa_rad(json_file, image_dir, tmp_path / "out")
     assert summary["answers"] == ["2", "liver", "no", "yes"]
     loaded = _load_all(summary)["vqa_rad"]
     assert sum(len(loaded[s]) for s in SPLITS) == 5
@@ -233,24 +344,15 @@ def test_vqa_rad_and_slake_share_answers(tmp_path):
             "closed",
             "open",
         )
-    validate_datalist(summary["sites"]["vqa_rad"]["datalist"], "vqa")
     # the published test set, when phrase_type marks it
     for r in rad:
         r["phrase_type"] = "test_freeform" if r["qid"] == 5 else "freeform"
     (tmp_path / "rad.json").write_text(json.dumps(rad))
-    official = read_vqa_rad(tmp_path / "rad.json", tmp_path / "VQA_RAD Image Folder", tmp_path / "official")
+    official = read_vqa_rad(tmp_path / "rad.json", image_dir, tmp_path / "official")
     assert official["sites"]["vqa_rad"]["test"] == 1
 
-    slake = [
-        {"qid": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT", "content_type": "Organ"},
-        {"qid": 2, "img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肝脏", "q_lang": "zh", "answer_type": "OPEN", "modality": "CT"},
-        {"qid": 3, "img_name": "xmlab2/source.jpg", "question": "Is it abnormal?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
-        {"qid": 4, "img_name": "xmlab3/source.jpg", "question": "Is it a T2?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "modality": "MRI"},
-        {"qid": 5, "img_name": "xmlab4/source.jpg", "question": "Where is the lesion?", "answer": "Left Lung", "q_lang": "en", "answer_type": "OPEN", "modality": "X-Ray"},
-    ]  # fmt: skip
-    for k in range(1, 5):
-        _png(tmp_path / "Slake1.0" / "imgs" / f"xmlab{k}" / "source.jpg", (10, 10, 3))
-    (tmp_path / "Slake1.0" / "all.json").write_text(json.dumps(slake, ensure_ascii=False))
+    _slake(tmp_path)
+    slake = json.loads((tmp_path / "Slake1.0" / "all.json").read_text())
     out = read_slake(
         tmp_path / "Slake1.0" / "all.json",
         tmp_path / "Slake1.0" / "imgs",

@@ -82,7 +82,13 @@ def test_every_item_has_provenance(built):
             for item in datalist[split]:
                 prov = item["provenance"]
                 assert set(prov) == {"image", "label", "source", "volume", "slice_index"}
-                expected = "simulated-contrast" if site in SIMULATED else "simulated-scanner" if site in SCANNERS else "real"
+                expected = (
+                    "simulated-contrast"
+                    if site in SIMULATED
+                    else "simulated-scanner"
+                    if site in SCANNERS
+                    else "real"
+                )
                 assert prov["image"] == expected
                 assert prov["label"] in ("template", "atlas", "algorithmic", "threshold", None)
                 assert ":" in prov["source"] and isinstance(prov["slice_index"], int)
@@ -100,10 +106,18 @@ def test_scanner_sites_shift_the_image_and_keep_the_labels(built):
     for site, (source, *_) in SCANNERS.items():
         mine, theirs = (json.loads((out / s / "segmentation.json").read_text()) for s in (site, source))
         for split in SPLITS:
-            assert [i["provenance"]["slice_index"] for i in mine[split]] == [i["provenance"]["slice_index"] for i in theirs[split]]
+            assert [i["provenance"]["slice_index"] for i in mine[split]] == [
+                i["provenance"]["slice_index"] for i in theirs[split]
+            ]
             for a, b in zip(mine[split], theirs[split], strict=True):
-                assert np.array_equal(nib.load(out / site / a["label"]).get_fdata(), nib.load(out / source / b["label"]).get_fdata())
-        a, b = (nib.load(out / s / d["training"][0]["image"]).get_fdata() for s, d in ((site, mine), (source, theirs)))
+                assert np.array_equal(
+                    nib.load(out / site / a["label"]).get_fdata(),
+                    nib.load(out / source / b["label"]).get_fdata(),
+                )
+        a, b = (
+            nib.load(out / s / d["training"][0]["image"]).get_fdata()
+            for s, d in ((site, mine), (source, theirs))
+        )
         assert np.abs(a - b).mean() > 0.02, site  # a visible shift, not a copy
 
 

@@ -19,8 +19,16 @@ SITES = ["icbm_t1", "icbm_t2w"]
 
 
 def _run(tmp, sites_root, strategy, rounds=1, sites=SITES, **kw):
-    return simulate(BUNDLE, strategy, rounds=rounds, output=str(tmp), sites={s: str(sites_root / s) for s in sites},
-                    overrides=SMALL, test=kw.pop("test", False), **kw)
+    return simulate(
+        BUNDLE,
+        strategy,
+        rounds=rounds,
+        output=str(tmp),
+        sites={s: str(sites_root / s) for s in sites},
+        overrides=SMALL,
+        test=kw.pop("test", False),
+        **kw,
+    )
 
 
 def _rows(out):
@@ -32,7 +40,9 @@ def test_fedavg_with_one_site_equals_local_training(reference_sites, tmp_path):
     _run(tmp_path / "fedavg", reference_sites, "fedavg", rounds=2, sites=["icbm_t1"])
     _run(tmp_path / "local", reference_sites, "local", rounds=2, sites=["icbm_t1"])
     fedavg = torch.load(tmp_path / "fedavg" / "global_model.pt", weights_only=True)
-    local = torch.load(tmp_path / "local" / "checkpoint.pt", weights_only=True)["sites"]["icbm_t1"]["private_state"]
+    local = torch.load(tmp_path / "local" / "checkpoint.pt", weights_only=True)["sites"]["icbm_t1"][
+        "private_state"
+    ]
     assert set(fedavg) <= set(local)
     for k, v in fedavg.items():
         assert torch.equal(v, local[k]), k
@@ -68,14 +78,22 @@ def test_omnifm_round_shares_weights_keeps_private_state_and_merges_the_bank(ref
     assert list((tmp_path / "tensorboard").iterdir())
     # a fresh client for each site, given the global weights, computes with exactly them plus its own private state
     for site in SITES:
-        client = OmniFMClientAlgo(BUNDLE, "omnifm", site=site, dataset_dir=str(reference_sites / site), train_kwargs=SMALL,
-                                  workdir=str(tmp_path / "check"))
+        client = OmniFMClientAlgo(
+            BUNDLE,
+            "omnifm",
+            site=site,
+            dataset_dir=str(reference_sites / site),
+            train_kwargs=SMALL,
+            workdir=str(tmp_path / "check"),
+        )
         client.initialize()
         client.private_state = sites[site]["private_state"]
         client._load(global_w)
         state = client.network.state_dict()
         assert all(torch.equal(state[k], v) for k, v in global_w.items())
-        assert torch.equal(state["prompt.private_suffix"], sites[site]["private_state"]["prompt.private_suffix"])
+        assert torch.equal(
+            state["prompt.private_suffix"], sites[site]["private_state"]["prompt.private_suffix"]
+        )
 
 
 def test_a_failing_site_drops_out_and_the_job_goes_on(reference_sites, tmp_path, monkeypatch):
@@ -118,7 +136,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(reference_sites, tmp_pa
     resumed = torch.load(tmp_path / "resumed" / "global_model.pt", weights_only=True)
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
-    strip = lambda rows: [(r["round"], r["site"], r["metric"], r["value"]) for r in rows if r["split"] == "validation"]  # noqa: E731
+
+    def strip(rows):
+        return [(r["round"], r["site"], r["metric"], r["value"]) for r in rows if r["split"] == "validation"]
+
     assert strip(_rows(tmp_path / "full")) == strip(_rows(tmp_path / "resumed"))
 
 
@@ -143,12 +164,23 @@ def test_fine_tuning_starts_from_the_matching_tensors_of_another_run(reference_s
     _run(tmp_path / "pre", reference_sites, "fedavg", rounds=1)
     pre = torch.load(tmp_path / "pre" / "global_model.pt", weights_only=True)
     _run(tmp_path / "fresh", reference_sites, "omnifm", rounds=0, seed=3)
-    _run(tmp_path / "tuned", reference_sites, "omnifm", rounds=0, seed=3, init_weights=str(tmp_path / "pre" / "global_model.pt"))
-    fresh, tuned = (torch.load(tmp_path / d / "global_model.pt", weights_only=True) for d in ("fresh", "tuned"))
+    _run(
+        tmp_path / "tuned",
+        reference_sites,
+        "omnifm",
+        rounds=0,
+        seed=3,
+        init_weights=str(tmp_path / "pre" / "global_model.pt"),
+    )
+    fresh, tuned = (
+        torch.load(tmp_path / d / "global_model.pt", weights_only=True) for d in ("fresh", "tuned")
+    )
     backbone = [k for k in tuned if k in pre and pre[k].shape == tuned[k].shape]
     assert any(k.startswith("backbone.") for k in backbone)
     assert all(torch.equal(tuned[k], pre[k]) for k in backbone)
-    assert any(not torch.equal(fresh[k], pre[k]) for k in backbone if pre[k].is_floating_point())  # it did change them
+    assert any(
+        not torch.equal(fresh[k], pre[k]) for k in backbone if pre[k].is_floating_point()
+    )  # it did change them
     assert all(torch.equal(tuned[k], fresh[k]) for k in tuned if k not in pre)
 
 

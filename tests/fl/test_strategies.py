@@ -4,10 +4,10 @@ import pytest
 import torch
 from monai.networks.nets import ResNet
 
+from omnifm_monai.fl.engine import aggregate_round
 from omnifm_monai.fl.strategies import (
     STRATEGIES,
     ClientUpdate,
-    aggregate_round,
     get_strategy,
     head_keys,
     norm_keys,
@@ -27,26 +27,41 @@ def _updates(n=3):
 
 
 def test_weighted_average_matches_reference_and_rounds_integers():
-    ws = [{"x": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}, {"x": torch.tensor([3.0, 6.0]), "n": torch.tensor(6)}]
+    ws = [
+        {"x": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)},
+        {"x": torch.tensor([3.0, 6.0]), "n": torch.tensor(6)},
+    ]
     avg = weighted_average(ws, [1, 3])
     assert torch.allclose(avg["x"], torch.tensor([2.5, 5.0]))
     assert avg["n"].dtype == torch.int64 and int(avg["n"]) == 5  # 3*0.25 + 6*0.75 = 5.25
 
 
 def test_fedavg_averages_batchnorm_statistics():
-    nets = [ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=2, n_input_channels=1, num_classes=2) for _ in range(2)]
+    nets = [
+        ResNet("basic", [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=2, n_input_channels=1, num_classes=2)
+        for _ in range(2)
+    ]
     for i, net in enumerate(nets):
         net.train()(torch.rand(4, 1, 32, 32) * (i + 1))  # different running statistics
     states = [{k: v.clone() for k, v in n.state_dict().items()} for n in nets]
-    new, _ = get_strategy("fedavg").aggregate(states[0], [ClientUpdate(str(i), s, 5) for i, s in enumerate(states)], {})
-    assert torch.allclose(new["bn1.running_mean"], (states[0]["bn1.running_mean"] + states[1]["bn1.running_mean"]) / 2)
-    assert torch.allclose(new["bn1.running_var"], (states[0]["bn1.running_var"] + states[1]["bn1.running_var"]) / 2)
+    new, _ = get_strategy("fedavg").aggregate(
+        states[0], [ClientUpdate(str(i), s, 5) for i, s in enumerate(states)], {}
+    )
+    assert torch.allclose(
+        new["bn1.running_mean"], (states[0]["bn1.running_mean"] + states[1]["bn1.running_mean"]) / 2
+    )
+    assert torch.allclose(
+        new["bn1.running_var"], (states[0]["bn1.running_var"] + states[1]["bn1.running_var"]) / 2
+    )
 
 
 def test_diff_updates_give_the_same_global_as_full_updates():
     global_w = _weights(100)
     full = _updates()
-    diff = [ClientUpdate(u.site, {k: v - global_w[k] for k, v in u.weights.items()}, u.num_samples, "diff") for u in full]
+    diff = [
+        ClientUpdate(u.site, {k: v - global_w[k] for k, v in u.weights.items()}, u.num_samples, "diff")
+        for u in full
+    ]
     a, _ = get_strategy("fedavg").aggregate(global_w, full, {})
     b, _ = get_strategy("fedavg").aggregate(global_w, diff, {})
     for k in a:
@@ -75,7 +90,10 @@ def test_invalid_updates_are_rejected_and_the_round_goes_on(caplog):
 
 def test_server_optimisers_follow_their_update_rules():
     w = {"p": torch.tensor([1.0, -2.0])}
-    ups = [ClientUpdate("a", {"p": torch.tensor([2.0, -1.0])}, 1), ClientUpdate("b", {"p": torch.tensor([0.0, -1.0])}, 1)]
+    ups = [
+        ClientUpdate("a", {"p": torch.tensor([2.0, -1.0])}, 1),
+        ClientUpdate("b", {"p": torch.tensor([0.0, -1.0])}, 1),
+    ]
     delta = torch.tensor([0.0, 1.0])  # mean - w
     s = get_strategy("fedavgm", server_lr=0.5, momentum=0.9)
     new, state = s.aggregate(w, ups, s.init_state(w))
@@ -88,13 +106,19 @@ def test_server_optimisers_follow_their_update_rules():
     assert torch.allclose(new["p"], w["p"] + 0.1 * m / (v.sqrt() + 1e-3))
     y = get_strategy("fedyogi", server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     _, sty = y.aggregate(w, ups, y.init_state(w))
-    assert torch.allclose(sty["v"]["p"], -(1 - 0.99) * delta**2 * torch.sign(-delta**2))
+    assert torch.allclose(sty["v"]["p"], -(1 - 0.99) * delta**2 * torch.sign(-(delta**2)))
 
 
 def test_scaffold_and_feddyn_server_state():
     w = {"p": torch.zeros(2)}
-    ups = [ClientUpdate("a", {"p": torch.tensor([1.0, 1.0])}, 1, extra={"control_delta": {"p": torch.tensor([1.0, 0.0])}}),
-           ClientUpdate("b", {"p": torch.tensor([3.0, 1.0])}, 1, extra={"control_delta": {"p": torch.tensor([3.0, 2.0])}})]
+    ups = [
+        ClientUpdate(
+            "a", {"p": torch.tensor([1.0, 1.0])}, 1, extra={"control_delta": {"p": torch.tensor([1.0, 0.0])}}
+        ),
+        ClientUpdate(
+            "b", {"p": torch.tensor([3.0, 1.0])}, 1, extra={"control_delta": {"p": torch.tensor([3.0, 2.0])}}
+        ),
+    ]
     s = get_strategy("scaffold", num_sites=4)
     new, state = s.aggregate(w, ups, s.init_state(w))
     assert torch.allclose(new["p"], torch.tensor([2.0, 1.0]))
@@ -107,7 +131,16 @@ def test_scaffold_and_feddyn_server_state():
 
 
 def _omnifm_net():
-    return OmniFMResNet(2, 1, 3, channels=(8, 16, 16, 16), spectral_dim=16, tokenizer_grid=8, bank_capacity=12, modalities=["T1", "T2", "CT"])
+    return OmniFMResNet(
+        2,
+        1,
+        3,
+        channels=(8, 16, 16, 16),
+        spectral_dim=16,
+        tokenizer_grid=8,
+        bank_capacity=12,
+        modalities=["T1", "T2", "CT"],
+    )
 
 
 def test_private_keys_per_strategy():
@@ -118,19 +151,27 @@ def test_private_keys_per_strategy():
     assert norm_keys(net) <= get_strategy("fedbn").private_keys(net)
     assert any("bn1" in k for k in norm_keys(net)) and any("running_mean" in k for k in norm_keys(net))
     assert head_keys(net) == {"backbone.fc.weight", "backbone.fc.bias"}
-    assert head_keys(net) <= get_strategy("fedper").private_keys(net) and head_keys(net) <= get_strategy("fedrep").private_keys(net)
+    assert head_keys(net) <= get_strategy("fedper").private_keys(net) and head_keys(net) <= get_strategy(
+        "fedrep"
+    ).private_keys(net)
     assert get_strategy("local").private_keys(net) == keys
 
 
 def test_omnifm_bank_merge_holds_each_sites_centroids_within_quota():
     net = _omnifm_net()
-    s = get_strategy("omnifm", sites=["a", "b", "c"], embed_dim=16, capacity=12, modalities=["T1", "T2", "CT"])
+    s = get_strategy(
+        "omnifm", sites=["a", "b", "c"], embed_dim=16, capacity=12, modalities=["T1", "T2", "CT"]
+    )
     w = {k: v for k, v in net.state_dict().items() if k not in s.private_keys(net)}
     state = s.init_state(w)
     ups = []
     for i, (site, modality) in enumerate([("a", "T1"), ("b", "T1"), ("c", "CT")]):
         keys = kmeans_centroids(torch.randn(40, 16, generator=torch.Generator().manual_seed(i)), 6)
-        ups.append(ClientUpdate(site, w, 5, extra={"bank_keys": keys, "modality": modality, "bank_hits": torch.zeros(0)}))
+        ups.append(
+            ClientUpdate(
+                site, w, 5, extra={"bank_keys": keys, "modality": modality, "bank_hits": torch.zeros(0)}
+            )
+        )
     _, state = s.aggregate(w, ups, state)
     bank = state["bank"]
     assert len(bank["keys"]) == 12
@@ -139,18 +180,110 @@ def test_omnifm_bank_merge_holds_each_sites_centroids_within_quota():
     assert set(bank["site"].tolist()) == {0, 1, 2}
     # next round: hits reported by clients decide which T1 entries survive
     hits = torch.zeros(12)
-    favoured = int(((bank["site"] == 1)).nonzero()[0])
+    favoured = int((bank["site"] == 1).nonzero()[0])
     hits[favoured] = 50
-    ups2 = [ClientUpdate("a", w, 5, extra={"bank_keys": ups[0].extra["bank_keys"], "modality": "T1", "bank_hits": hits})]
+    ups2 = [
+        ClientUpdate(
+            "a", w, 5, extra={"bank_keys": ups[0].extra["bank_keys"], "modality": "T1", "bank_hits": hits}
+        )
+    ]
     _, state2 = s.aggregate(w, ups2, state)
     assert len(state2["bank"]["keys"]) == 12
 
 
 def test_every_strategy_is_registered_with_a_documented_rule():
-    expected = {"local", "centralized", "fedavg", "fedprox", "fedbn", "fedper", "fedrep", "ditto", "scaffold", "feddyn",
-                "moon", "fedavgm", "fedadam", "fedyogi", "feddg", "omnifm"}
+    expected = {
+        "local",
+        "centralized",
+        "fedavg",
+        "fedprox",
+        "fedbn",
+        "fedper",
+        "fedrep",
+        "ditto",
+        "scaffold",
+        "feddyn",
+        "moon",
+        "fedavgm",
+        "fedadam",
+        "fedyogi",
+        "feddg",
+        "omnifm",
+    }
     assert set(STRATEGIES) == expected
     for cls in STRATEGIES.values():
         assert cls.__doc__ and ("(" in cls.__doc__ or cls.name in ("local", "centralized", "omnifm"))
     with pytest.raises(ValueError, match="unknown strategy"):
         get_strategy("fedsgd")
+
+
+def test_omnifm_site_hooks_load_the_servers_bank_and_can_exclude_the_sites_own_entries():
+    """The client hooks alone, without an engine: a SiteContext around an OmniFM network."""
+    from omnifm_monai.fl.strategies import SiteContext
+
+    net = OmniFMResNet(
+        2,
+        1,
+        3,
+        channels=(8, 16, 16, 16),
+        spectral_dim=16,
+        tokenizer_grid=8,
+        bank_capacity=12,
+        top_k=3,
+        modalities=["T1", "T2", "CT"],
+        exclude_own_site=True,
+    )
+    s = get_strategy("omnifm", sites=["a", "b"], **net.bank.settings())
+    w = {k: v for k, v in net.state_dict().items() if k not in s.private_keys(net)}
+    ups = [
+        ClientUpdate(
+            site,
+            w,
+            5,
+            extra={
+                "bank_keys": kmeans_centroids(
+                    torch.randn(20, 16, generator=torch.Generator().manual_seed(i)), 4
+                ),
+                "modality": m,
+                "bank_hits": torch.zeros(0),
+            },
+        )
+        for i, (site, m) in enumerate([("a", "T1"), ("b", "T2")])
+    ]
+    _, state = s.aggregate(w, ups, s.init_state(w))
+    ctx = SiteContext(
+        site="a",
+        network=net,
+        trainer=None,
+        workflow=None,
+        private_keys=s.private_keys(net),
+        payload=s.server_payload(state),
+    )
+    s.setup_site(ctx)
+    s.before_training(ctx)
+    assert net.bank.federated  # the standalone SpectralBankRefresh stands down
+    assert torch.equal(net.bank.to_tensors()["keys"], state["bank"]["keys"])
+    _, idx = net.bank.retrieve(torch.randn(5, 16))
+    assert idx.numel() == 15 and set(net.bank.site[idx.flatten()].tolist()) == {1}  # only site b's entries
+    net.bank.exclude_own_site = False
+    _, idx = net.bank.retrieve(torch.randn(50, 16))
+    assert 0 in set(net.bank.site[idx.flatten()].tolist())
+
+
+def test_baselines_train_the_plain_backbone_omnifm_its_parts():
+    from omnifm_monai.networks import OmniFMUNet
+
+    parts = get_strategy("fedavg").network_overrides(OmniFMUNet)
+    assert parts == {f"network_def::{p}": False for p in OmniFMUNet.PARTS}
+    assert get_strategy("omnifm").network_overrides(OmniFMUNet) == {}
+    assert get_strategy("fedprox").network_overrides(torch.nn.Linear) == {}  # a network without switches
+
+
+def test_a_strategy_is_found_by_its_dotted_path():
+    from omnifm_monai.fl.strategies import FedProx, strategy_class
+
+    assert strategy_class("omnifm_monai.fl.strategies.fedprox.FedProx") is FedProx
+    with pytest.raises(ValueError, match="not a Strategy"):
+        strategy_class("torch.nn.Linear")
+    with pytest.raises(ValueError, match="cannot import"):
+        strategy_class("no_such_package.Strategy")

@@ -10,7 +10,16 @@ from omnifm_monai.networks import OmniFMResNet
 
 def _net():
     torch.manual_seed(0)
-    return OmniFMResNet(2, 1, 3, channels=(8, 16, 32, 64), spectral_dim=16, tokenizer_grid=8, bank_capacity=32, modalities=["T1", "CT"])
+    return OmniFMResNet(
+        2,
+        1,
+        3,
+        channels=(8, 16, 32, 64),
+        spectral_dim=16,
+        tokenizer_grid=8,
+        bank_capacity=32,
+        modalities=["T1", "CT"],
+    )
 
 
 def test_site_centroids_summarise_the_sites_tokens():

@@ -27,7 +27,9 @@ def test_spa_empty_retrieval_is_zero():
 def test_omnifm_loss_adds_weighted_spa():
     net = OmniFMResNet(2, 1, 3, channels=(8, 16, 32, 64), spectral_dim=32, tokenizer_grid=8, top_k=2)
     x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 0])
-    net.bank.merge([{"keys": kmeans_centroids(net.spectral_tokens(x).squeeze(1), 3), "site": 0, "modality": 0}])
+    net.bank.merge(
+        [{"keys": kmeans_centroids(net.spectral_tokens(x).squeeze(1), 3), "site": 0, "modality": 0}]
+    )
     ce = torch.nn.CrossEntropyLoss()
     pred = net(x)
     total = OmniFMLoss(ce, net, spa_weight=0.5)(pred, y)
@@ -41,14 +43,32 @@ def test_omnifm_loss_adds_weighted_spa():
 
 def test_omnifm_trains_with_monais_supervised_trainer():
     torch.manual_seed(0)
-    net = OmniFMResNet(2, 1, 2, channels=(8, 16, 32, 64), spectral_dim=32, tokenizer_grid=8, top_k=2, gate_init=0.1)
+    net = OmniFMResNet(
+        2, 1, 2, channels=(8, 16, 32, 64), spectral_dim=32, tokenizer_grid=8, top_k=2, gate_init=0.1
+    )
     # two classes told apart by frequency content
-    data = [{"image": torch.rand(1, 32, 32) * (1 if i % 2 else 0.2), "label": torch.tensor(i % 2)} for i in range(16)]
-    net.bank.merge([{"keys": kmeans_centroids(net.spectral_tokens(torch.stack([d["image"] for d in data])).squeeze(1), 4), "site": 0, "modality": 0}])
+    data = [
+        {"image": torch.rand(1, 32, 32) * (1 if i % 2 else 0.2), "label": torch.tensor(i % 2)}
+        for i in range(16)
+    ]
+    net.bank.merge(
+        [
+            {
+                "keys": kmeans_centroids(
+                    net.spectral_tokens(torch.stack([d["image"] for d in data])).squeeze(1), 4
+                ),
+                "site": 0,
+                "modality": 0,
+            }
+        ]
+    )
     tokenizer_before = net.tokenizer.filter.detach().clone()
     loader = torch.utils.data.DataLoader(data, batch_size=8)
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=3, train_data_loader=loader, network=net,
+        device=torch.device("cpu"),
+        max_epochs=3,
+        train_data_loader=loader,
+        network=net,
         optimizer=torch.optim.Adam(net.parameters(), 1e-2),
         loss_function=OmniFMLoss(torch.nn.CrossEntropyLoss(), net, spa_weight=1.0),
     )

@@ -1,9 +1,8 @@
 import math
-from types import SimpleNamespace
 
 import torch
 
-from omnifm_monai.metrics import AccuracyMetric, GroupAccuracy
+from omnifm_monai.metrics import AccuracyMetric, class_indices
 
 
 def test_accuracy_metric_against_reference():
@@ -12,17 +11,14 @@ def test_accuracy_metric_against_reference():
     metric = AccuracyMetric()
     metric(logits[:12], labels[:12])
     metric(logits[12:], torch.nn.functional.one_hot(labels[12:], 4))  # one-hot labels too
-    assert math.isclose(float(metric.aggregate()), float((logits.argmax(1) == labels).float().mean()), abs_tol=1e-6)
+    assert math.isclose(
+        float(metric.aggregate()), float((logits.argmax(1) == labels).float().mean()), abs_tol=1e-6
+    )
     metric.reset()
     assert torch.isnan(metric.aggregate())
 
 
-def test_group_accuracy_per_answer_type():
-    handler = GroupAccuracy("answer_type", prefix="val_acc")
-    batch = [{"answer_type": t} for t in ["closed", "closed", "open", "open", "open"]]
-    preds = [torch.tensor([0.9, 0.1]), torch.tensor([0.2, 0.8]), torch.tensor([0.1, 0.9]), torch.tensor([0.6, 0.4]), torch.tensor([0.3, 0.7])]
-    labels = [torch.tensor(0), torch.tensor(0), torch.tensor(1), torch.tensor(1), torch.tensor(1)]
-    engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=[{"pred": p, "label": y} for p, y in zip(preds, labels, strict=True)], metrics={}))
-    handler.collect(engine)
-    handler.publish(engine)
-    assert engine.state.metrics == {"val_acc_closed": 0.5, "val_acc_open": 2 / 3}
+def test_class_indices_from_logits_one_hot_and_indices():
+    assert class_indices(torch.tensor([[0.1, 0.9], [0.8, 0.2]])).tolist() == [1, 0]
+    assert class_indices(torch.tensor([[2], [0]])).tolist() == [2, 0]
+    assert class_indices(torch.tensor([3, 1])).tolist() == [3, 1]

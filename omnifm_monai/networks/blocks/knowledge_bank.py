@@ -13,7 +13,9 @@ __all__ = ["SpectralKnowledgeBank", "kmeans_centroids"]
 BANK_FIELDS = ("keys", "site", "modality", "hits", "age")
 
 
-def kmeans_centroids(tokens: torch.Tensor, num_centroids: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+def kmeans_centroids(
+    tokens: torch.Tensor, num_centroids: int, iterations: int = 20, seed: int = 0
+) -> torch.Tensor:
     """Unit-norm k-means (spherical) centroids of ``tokens (N, d)``: what a site uploads instead of its tokens.
 
     Deterministic for a fixed ``seed`` (k-means++ style seeding from a private generator).
@@ -67,12 +69,23 @@ class SpectralKnowledgeBank(nn.Module):
         self.embed_dim, self.capacity, self.top_k = embed_dim, capacity, top_k
         self.modalities, self.hit_decay, self.exclude_own_site = list(modalities), hit_decay, exclude_own_site
         self.local_site = -1
+        # True while a federation's server fills the bank (then SpectralBankRefresh leaves it alone)
+        self.federated = False
         self.register_buffer("keys", torch.zeros(capacity, embed_dim))
         self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
         self.register_buffer("site", torch.full((capacity,), -1, dtype=torch.long))
         self.register_buffer("modality", torch.full((capacity,), -1, dtype=torch.long))
         self.register_buffer("hits", torch.zeros(capacity))
         self.register_buffer("age", torch.zeros(capacity, dtype=torch.long))
+
+    def settings(self) -> dict:
+        """The constructor arguments a server needs to keep a bank of the same shape and rules."""
+        return {
+            "embed_dim": self.embed_dim,
+            "capacity": self.capacity,
+            "modalities": list(self.modalities),
+            "hit_decay": self.hit_decay,
+        }
 
     def __len__(self) -> int:
         return int(self.valid.sum())
@@ -141,7 +154,9 @@ class SpectralKnowledgeBank(nn.Module):
             site, modality = int(up["site"]), self.modality_index(up["modality"])
             keys = F.normalize(up["keys"].detach().float().to(self.keys.device), dim=-1)
             if keys.dim() != 2 or keys.shape[1] != self.embed_dim:
-                raise ValueError(f"site {site} uploaded keys of shape {tuple(keys.shape)}, expected (Q, {self.embed_dim}).")
+                raise ValueError(
+                    f"site {site} uploaded keys of shape {tuple(keys.shape)}, expected (Q, {self.embed_dim})."
+                )
             old = rows["site"] == site
             inherited = rows["hits"][old].mean() if old.any() else torch.zeros((), device=keys.device)
             rows = {name: value[~old] for name, value in rows.items()}
@@ -159,7 +174,11 @@ class SpectralKnowledgeBank(nn.Module):
 
     @staticmethod
     def prune_indices(
-        modality: torch.Tensor, hits: torch.Tensor, age: torch.Tensor, capacity: int, site: torch.Tensor | None = None
+        modality: torch.Tensor,
+        hits: torch.Tensor,
+        age: torch.Tensor,
+        capacity: int,
+        site: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Indices kept when ``N > capacity``: each modality keeps a quota ``capacity // M`` (or all it has,
         if fewer); surplus is evicted from the most over-represented modality: fewest hits first, then
@@ -177,7 +196,9 @@ class SpectralKnowledgeBank(nn.Module):
             over = {t: c for t, c in counts.items() if c > quota} or counts
             tag = max(over, key=lambda t: (over[t], -t))
             candidates = (kept & (modality == tag)).nonzero().flatten().tolist()
-            per_site = {int(s): int((kept & (modality == tag) & (site == s)).sum()) for s in site[candidates].unique()}
+            per_site = {
+                int(s): int((kept & (modality == tag) & (site == s)).sum()) for s in site[candidates].unique()
+            }
             victim = min(candidates, key=lambda i: (float(hits[i]), -int(age[i]), -per_site[int(site[i])], i))
             kept[victim] = False
         return kept.nonzero().flatten()

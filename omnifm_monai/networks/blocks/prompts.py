@@ -61,7 +61,9 @@ class PrefixSuffixPrompt(nn.Module):
             *[TransformerBlock(embed_dim, int(embed_dim * mlp_ratio), num_heads) for _ in range(num_layers)]
         )
 
-    def forward(self, tokens: torch.Tensor, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, tokens: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, length = tokens.shape[:2]
         parts = [tokens + self.segment[1]]
         if self.use_prefix:

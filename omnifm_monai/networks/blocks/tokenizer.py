@@ -65,7 +65,9 @@ class SpectralTokenizer(nn.Module):
         window = log_amplitude(x.float().as_subclass(torch.Tensor), self.spatial_dims)
         window = window[(..., *low_pass_slices(spatial, self.beta))]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-        window = F.interpolate(window, size=[self.grid_size] * self.spatial_dims, mode=mode, align_corners=True)
+        window = F.interpolate(
+            window, size=[self.grid_size] * self.spatial_dims, mode=mode, align_corners=True
+        )
         # the DC bin dominates the raw log-amplitude; standardising keeps the descriptor about shape
         flat = window.flatten(2)
         mean, std = flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True)

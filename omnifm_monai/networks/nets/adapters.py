@@ -47,7 +47,9 @@ class ResNetAdapter:
         return _to_tokens(x)
 
     @staticmethod
-    def decode(backbone: ResNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None) -> torch.Tensor:
+    def decode(
+        backbone: ResNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None
+    ) -> torch.Tensor:
         x = backbone.avgpool(_from_tokens(tokens, state)).flatten(1)
         if suffix is not None:
             x = x + suffix
@@ -73,7 +75,9 @@ class BasicUNetAdapter:
         return tokens, (shape, (x0, x1, x2, x3))
 
     @staticmethod
-    def decode(backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None) -> torch.Tensor:
+    def decode(
+        backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None
+    ) -> torch.Tensor:
         shape, (x0, x1, x2, x3) = state
         u = backbone.upcat_4(_from_tokens(tokens, shape), x3)
         u = backbone.upcat_1(backbone.upcat_2(backbone.upcat_3(u, x2), x1), x0)
@@ -94,7 +98,9 @@ class VQANetAdapter:
         return backbone.encode_image(x), question
 
     @staticmethod
-    def decode(backbone: VQANet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None) -> torch.Tensor:
+    def decode(
+        backbone: VQANet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None
+    ) -> torch.Tensor:
         return backbone.answer(tokens, state, extra=suffix)
 
 

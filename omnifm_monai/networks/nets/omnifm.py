@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from monai.networks.nets import BasicUNet, ResNet
@@ -15,12 +16,23 @@ from omnifm_monai.networks.blocks import (
     SpectralKnowledgeBank,
     SpectralTokenizer,
     ZeroGate,
+    is_private,
 )
 
 from .adapters import adapter_for
 from .vqa import VQANet
 
-__all__ = ["OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA"]
+__all__ = ["OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA", "module_state_keys"]
+
+
+def module_state_keys(root: nn.Module, modules: Sequence[nn.Module]) -> set[str]:
+    """The state-dict keys of ``root`` that belong to ``modules`` (found by identity, not by name)."""
+    targets = {id(m) for m in modules}
+    keys: set[str] = set()
+    for name, module in root.named_modules():
+        if id(module) in targets:
+            keys |= {f"{name}.{k}" if name else k for k in module.state_dict()}
+    return keys
 
 
 class OmniFM(nn.Module):
@@ -53,13 +65,21 @@ class OmniFM(nn.Module):
         tokenizer_patch: patch edge of the tokenizer.
         bank_capacity: ``N_max`` prototypes.
         top_k: prototypes retrieved per image.
+        exclude_own_site: retrieve only other sites' prototypes (the federation sets the bank's ``local_site``).
         modalities: modality tag names known to the bank.
         num_heads: heads of ECAF and PSP.
         prefix_tokens: prefix length.
         prompt_layers: shared transformer layers of PSP.
         use_gskr, use_ecaf, use_prefix, use_suffix, use_spa: switch each part on or off.
         gate_init: initial ``alpha`` of the output gate (0: the backbone's function).
+
+    What federated strategies use (no names to agree on): :attr:`PARTS` (the switches; all off builds the
+    plain backbone, which the baselines train), :meth:`private_state_keys`, :meth:`head_state_keys`,
+    :meth:`features` and ``bank`` (``None`` without GSKR).
     """
+
+    #: constructor switches of OmniFM's parts
+    PARTS: ClassVar[tuple[str, ...]] = ("use_gskr", "use_ecaf", "use_prefix", "use_suffix", "use_spa")
 
     def __init__(
         self,
@@ -73,6 +93,7 @@ class OmniFM(nn.Module):
         tokenizer_patch: int = 4,
         bank_capacity: int = 256,
         top_k: int = 8,
+        exclude_own_site: bool = False,
         modalities: Sequence[str] = (),
         num_heads: int = 4,
         prefix_tokens: int = 4,
@@ -100,11 +121,19 @@ class OmniFM(nn.Module):
             if (fuses or use_gskr or use_spa)
             else None
         )
-        self.bank = SpectralKnowledgeBank(spectral_dim, bank_capacity, top_k, modalities) if use_gskr else None
+        self.bank = (
+            SpectralKnowledgeBank(
+                spectral_dim, bank_capacity, top_k, modalities, exclude_own_site=exclude_own_site
+            )
+            if use_gskr
+            else None
+        )
         self.ecaf = CrossAttentionFusion(dim, spectral_dim, num_heads) if use_ecaf else None
         self.context_proj = nn.Linear(spectral_dim, dim) if fuses and not use_ecaf else None
         self.prompt = (
-            PrefixSuffixPrompt(dim, prefix_tokens, prompt_layers, num_heads, use_prefix=use_prefix, use_suffix=use_suffix)
+            PrefixSuffixPrompt(
+                dim, prefix_tokens, prompt_layers, num_heads, use_prefix=use_prefix, use_suffix=use_suffix
+            )
             if (use_prefix or use_suffix)
             else None
         )
@@ -116,6 +145,20 @@ class OmniFM(nn.Module):
         if self.tokenizer is None:
             raise RuntimeError("this OmniFM network has no spectral tokenizer (every part is off).")
         return self.tokenizer(x)
+
+    def private_state_keys(self) -> set[str]:
+        """Keys that never leave a site: the private suffix and the bank (the server merges banks, never averages)."""
+        keys = {k for k in self.state_dict() if is_private(k)}
+        return keys | (module_state_keys(self, [self.bank]) if self.bank is not None else set())
+
+    def head_state_keys(self) -> set[str]:
+        """Keys of the backbone's task head (named by the adapter's ``head``)."""
+        return module_state_keys(self, [getattr(self.backbone, h) for h in self.adapter.head])
+
+    def features(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        """The backbone's representation of ``x``: its tokens mean-pooled and flattened, ``(B, F)``."""
+        tokens, _ = self.adapter.encode(self.backbone, x, *args)
+        return tokens.mean(1).flatten(1)
 
     def _fuse(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.spectral_alignment = None
@@ -161,8 +204,13 @@ class OmniFMResNet(OmniFM):
         **omnifm,
     ) -> None:
         backbone = ResNet(
-            "basic", list(layers), list(channels), spatial_dims=spatial_dims, n_input_channels=in_channels,
-            conv1_t_stride=2, num_classes=out_channels,
+            "basic",
+            list(layers),
+            list(channels),
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            conv1_t_stride=2,
+            num_classes=out_channels,
         )
         super().__init__(backbone, spatial_dims, in_channels, **omnifm)
 
@@ -188,8 +236,12 @@ class OmniFMUNet(OmniFM):
         **omnifm,
     ) -> None:
         if residual and in_channels != out_channels:
-            raise ValueError(f"residual needs in_channels == out_channels, got {in_channels} and {out_channels}.")
-        backbone = BasicUNet(spatial_dims, in_channels, out_channels, features=tuple(features), norm=norm, act=act)
+            raise ValueError(
+                f"residual needs in_channels == out_channels, got {in_channels} and {out_channels}."
+            )
+        backbone = BasicUNet(
+            spatial_dims, in_channels, out_channels, features=tuple(features), norm=norm, act=act
+        )
         if residual:  # start as the identity: training can only add a correction the data supports
             nn.init.zeros_(backbone.final_conv.weight)
             nn.init.zeros_(backbone.final_conv.bias)

@@ -45,15 +45,23 @@ class VQANet(nn.Module):
     ) -> None:
         super().__init__()
         self.image_encoder = ResNet(
-            "basic", list(layers), list(channels), spatial_dims=spatial_dims, n_input_channels=in_channels,
-            conv1_t_stride=2, feed_forward=False,
+            "basic",
+            list(layers),
+            list(channels),
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            conv1_t_stride=2,
+            feed_forward=False,
         )
         self.image_proj = nn.Linear(channels[-1], embed_dim)
         self.word_embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.question_encoder = nn.GRU(embed_dim, embed_dim, batch_first=True)
         self.attend = CrossAttentionBlock(embed_dim, num_heads)
         self.classifier = nn.Sequential(
-            nn.Linear(3 * embed_dim, embed_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(embed_dim, num_answers)
+            nn.Linear(3 * embed_dim, embed_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(embed_dim, num_answers),
         )
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -67,7 +75,9 @@ class VQANet(nn.Module):
         out, _ = self.question_encoder(self.word_embedding(question.long()))
         return (out * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
-    def answer(self, image_tokens: torch.Tensor, question: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def answer(
+        self, image_tokens: torch.Tensor, question: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Answer logits from image tokens; ``extra (B, embed_dim)`` is added to the question feature."""
         q = self.encode_question(question)
         if extra is not None:

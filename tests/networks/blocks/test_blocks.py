@@ -54,7 +54,9 @@ def test_cross_attention_fusion_shape_and_dependence_on_context():
 
 @pytest.mark.parametrize("use_prefix,use_suffix", [(True, True), (True, False), (False, True)])
 def test_prompt_shapes(use_prefix, use_suffix):
-    psp = PrefixSuffixPrompt(32, num_prefix_tokens=3, num_heads=4, use_prefix=use_prefix, use_suffix=use_suffix)
+    psp = PrefixSuffixPrompt(
+        32, num_prefix_tokens=3, num_heads=4, use_prefix=use_prefix, use_suffix=use_suffix
+    )
     r, z = torch.randn(2, 10, 32), torch.randn(2, 10, 32)
     delta, c = psp(r, z)
     assert delta.shape == r.shape

@@ -60,7 +60,10 @@ def test_pruning_keeps_each_modality_quota():
     # 6 sites, modality 0 uploads far more than the others
     bank = SpectralKnowledgeBank(8, capacity=12, modalities=["a", "b", "c"])
     uploads = [{"keys": _unit(10, 8, i), "site": i, "modality": "a"} for i in range(4)]
-    uploads += [{"keys": _unit(3, 8, 10), "site": 10, "modality": "b"}, {"keys": _unit(6, 8, 11), "site": 11, "modality": "c"}]
+    uploads += [
+        {"keys": _unit(3, 8, 10), "site": 10, "modality": "b"},
+        {"keys": _unit(6, 8, 11), "site": 11, "modality": "c"},
+    ]
     bank.merge(uploads)
     counts = {m: int((bank.modality[bank.valid] == m).sum()) for m in range(3)}
     assert len(bank) == 12
@@ -112,5 +115,7 @@ def test_kmeans_centroids_recover_separated_clusters():
 def test_pruning_shares_a_modalitys_quota_between_its_sites():
     modality = torch.zeros(12, dtype=torch.long)
     site = torch.tensor([0] * 6 + [1] * 6)
-    keep = SpectralKnowledgeBank.prune_indices(modality, torch.zeros(12), torch.zeros(12, dtype=torch.long), 6, site)
+    keep = SpectralKnowledgeBank.prune_indices(
+        modality, torch.zeros(12), torch.zeros(12, dtype=torch.long), 6, site
+    )
     assert sorted(site[keep].tolist()) == [0, 0, 0, 1, 1, 1]

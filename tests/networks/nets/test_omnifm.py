@@ -10,17 +10,41 @@ SMALL = dict(spectral_dim=32, tokenizer_grid=8, bank_capacity=16, top_k=3)
 
 
 def _cases(spatial_dims):
-    size = (64, 64) if spatial_dims == 2 else (32, 32, 32)  # 2D ResNet: 2x2 tokens, so attention is not trivial
+    size = (
+        (64, 64) if spatial_dims == 2 else (32, 32, 32)
+    )  # 2D ResNet: 2x2 tokens, so attention is not trivial
     q = torch.randint(1, 20, (2, 7))
     return [
-        ("resnet", lambda **kw: OmniFMResNet(spatial_dims, 2, 5, channels=(8, 16, 32, 64), **SMALL, **kw), (torch.rand(2, 2, *size),), (2, 5)),
-        ("unet", lambda **kw: OmniFMUNet(spatial_dims, 2, 3, features=(8, 8, 16, 32, 64, 8), **SMALL, **kw), (torch.rand(2, 2, *size),), (2, 3, *size)),
-        ("vqa", lambda **kw: OmniFMVQA(spatial_dims, 2, 20, 6, embed_dim=32, channels=(8, 16, 32, 64), **SMALL, **kw), (torch.rand(2, 2, *size), q), (2, 6)),
+        (
+            "resnet",
+            lambda **kw: OmniFMResNet(spatial_dims, 2, 5, channels=(8, 16, 32, 64), **SMALL, **kw),
+            (torch.rand(2, 2, *size),),
+            (2, 5),
+        ),
+        (
+            "unet",
+            lambda **kw: OmniFMUNet(spatial_dims, 2, 3, features=(8, 8, 16, 32, 64, 8), **SMALL, **kw),
+            (torch.rand(2, 2, *size),),
+            (2, 3, *size),
+        ),
+        (
+            "vqa",
+            lambda **kw: OmniFMVQA(
+                spatial_dims, 2, 20, 6, embed_dim=32, channels=(8, 16, 32, 64), **SMALL, **kw
+            ),
+            (torch.rand(2, 2, *size), q),
+            (2, 6),
+        ),
     ]
 
 
 def _fill_bank(net, x):
-    net.bank.merge([{"keys": kmeans_centroids(net.spectral_tokens(x + i).squeeze(1), 2), "site": i, "modality": 0} for i in range(3)])
+    net.bank.merge(
+        [
+            {"keys": kmeans_centroids(net.spectral_tokens(x + i).squeeze(1), 2), "site": i, "modality": 0}
+            for i in range(3)
+        ]
+    )
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -75,7 +99,8 @@ def test_gradients_reach_every_trainable_part(case):
     loss.backward()
     # MONAI's TransformerBlock always builds `norm_cross_attn`, used only with cross-attention (off here)
     missing = [
-        n for n, p in net.named_parameters()
+        n
+        for n, p in net.named_parameters()
         if "norm_cross_attn" not in n and (p.grad is None or p.grad.abs().sum() == 0)
     ]
     assert missing == []
@@ -83,8 +108,14 @@ def test_gradients_reach_every_trainable_part(case):
 
 @pytest.mark.parametrize(
     "flags",
-    [dict(use_gskr=False), dict(use_ecaf=False), dict(use_prefix=False), dict(use_suffix=False),
-     dict(use_prefix=False, use_suffix=False), dict(use_ecaf=False, use_prefix=False, use_suffix=False)],
+    [
+        dict(use_gskr=False),
+        dict(use_ecaf=False),
+        dict(use_prefix=False),
+        dict(use_suffix=False),
+        dict(use_prefix=False, use_suffix=False),
+        dict(use_ecaf=False, use_prefix=False, use_suffix=False),
+    ],
 )
 def test_ablations_build_and_run(flags):
     net = OmniFMUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8), gate_init=0.5, **SMALL, **flags)
@@ -105,8 +136,13 @@ def test_private_suffix_is_the_only_private_parameter():
 def test_unknown_backbone_needs_an_adapter():
     with pytest.raises(TypeError, match="adapter"):
         OmniFM(torch.nn.Conv2d(1, 1, 3), 2, 1)
-    net = OmniFM(ResNet("basic", [1, 1, 1, 1], [8, 16, 32, 64], spatial_dims=2, n_input_channels=1, num_classes=2),
-                 2, 1, adapter="omnifm_monai.networks.nets.adapters.ResNetAdapter", **SMALL)
+    net = OmniFM(
+        ResNet("basic", [1, 1, 1, 1], [8, 16, 32, 64], spatial_dims=2, n_input_channels=1, num_classes=2),
+        2,
+        1,
+        adapter="omnifm_monai.networks.nets.adapters.ResNetAdapter",
+        **SMALL,
+    )
     assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2)
 
 
@@ -128,4 +164,9 @@ def test_residual_unet_adds_its_input_and_checks_channels():
     assert torch.allclose(residual(x), plain(x) + x)
     with pytest.raises(ValueError, match="residual"):
         OmniFMUNet(2, 1, 3, residual=True)
-    assert OmniFMUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8), norm=None, **ALL_OFF)(x).shape == (2, 2, 32, 32)
+    assert OmniFMUNet(2, 1, 2, features=(8, 8, 16, 32, 64, 8), norm=None, **ALL_OFF)(x).shape == (
+        2,
+        2,
+        32,
+        32,
+    )

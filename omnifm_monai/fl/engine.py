@@ -1,0 +1,217 @@
+"""The engine-neutral core of a federation: every engine (the in-process simulator, the NVFlare client and
+aggregator) builds its sites, runs their rounds and aggregates with these functions, so the engines differ
+only in how weights travel.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data.utils import set_rnd
+from monai.fl.utils.constants import WeightType
+from monai.fl.utils.exchange_object import ExchangeObject
+from monai.utils import set_determinism
+
+from .bundle import build_network, network_class
+from .client import EXTRA_KEY, OmniFMClientAlgo
+from .strategies import ClientUpdate, Strategy, Weights, strategy_class, validate_update
+
+__all__ = [
+    "aggregate_round",
+    "client_round",
+    "evaluation_data",
+    "load_matching",
+    "make_clients",
+    "make_strategy",
+    "restore_sites",
+    "round_seed",
+    "site_network",
+    "site_states",
+    "strategy_overrides",
+    "update_bytes",
+]
+
+logger = logging.getLogger("omnifm_monai.fl")
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def strategy_overrides(
+    bundle: str | Path, strategy: Strategy, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The bundle overrides every site of a run uses: the run's own, then the strategy's network switches."""
+    return {**dict(overrides or {}), **strategy.network_overrides(network_class(bundle))}
+
+
+def site_network(
+    bundle: str | Path,
+    strategy: Strategy,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    dataset_dir: str | None = None,
+) -> torch.nn.Module:
+    """The network every engine starts from: ``set_determinism(seed)``, then the bundle's ``network_def`` with
+    the run's and the strategy's overrides and, if given, a site's data folder (networks sized by the data,
+    e.g. VQA's vocabulary, read it)."""
+    set_determinism(seed)
+    site = {"dataset_dir": dataset_dir} if dataset_dir else {}
+    return build_network(bundle, {**site, **strategy_overrides(bundle, strategy, overrides)})
+
+
+def make_strategy(
+    bundle: str | Path,
+    name: str,
+    sites: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+    network: torch.nn.Module | None = None,
+    dataset_dir: str | None = None,
+) -> tuple[Strategy, dict[str, Any]]:
+    """The strategy and its full, JSON-serialisable options, as every engine resolves them: the options the
+    strategy takes from the network and the site list (:meth:`Strategy.resolve_options`), then the given ones.
+    Without ``network`` the bundle's is built (with a site's ``dataset_dir`` for networks sized by the data)."""
+    cls, options = strategy_class(name), dict(options or {})
+    if network is None:
+        site = {"dataset_dir": dataset_dir} if dataset_dir else {}
+        network = build_network(bundle, {**site, **strategy_overrides(bundle, cls(**options))})
+    resolved = {**cls.resolve_options(network, list(sites)), **options}
+    return cls(**resolved), json.loads(json.dumps(resolved))
+
+
+def make_clients(
+    bundle: str | Path,
+    strategy: Strategy,
+    site_dirs: Mapping[str, str],
+    network: torch.nn.Module,
+    overrides: Mapping[str, Any] | None = None,
+    workdir: str | Path = "fl_sites",
+    local_epochs: int = 1,
+    send_weight_diff: bool = False,
+) -> dict[str, OmniFMClientAlgo]:
+    """One initialised client per site, all training ``network`` in place (private state kept per client)."""
+    overrides = strategy_overrides(bundle, strategy, overrides)
+    clients = {}
+    for name, folder in site_dirs.items():
+        clients[name] = OmniFMClientAlgo(
+            str(bundle),
+            strategy,
+            site=name,
+            dataset_dir=str(folder),
+            local_epochs=local_epochs,
+            send_weight_diff=send_weight_diff,
+            workdir=str(workdir),
+            train_kwargs=overrides,
+            network=network,
+        )
+        clients[name].initialize()
+    return clients
+
+
+def site_states(clients: Mapping[str, OmniFMClientAlgo]) -> dict[str, dict[str, Any]]:
+    """What a checkpoint keeps of every site: its private state and its strategy state."""
+    return {n: {"private_state": c.private_state, "client_state": c.client_state} for n, c in clients.items()}
+
+
+def restore_sites(clients: Mapping[str, OmniFMClientAlgo], states: Mapping[str, Mapping[str, Any]]) -> None:
+    """Inverse of :func:`site_states`."""
+    for name, client in clients.items():
+        client.private_state = states[name]["private_state"]
+        client.client_state = states[name]["client_state"]
+
+
+def load_matching(network: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load every tensor of ``weights`` whose name and shape match ``network``; returns the names loaded."""
+    state = network.state_dict()
+    loaded = [k for k, v in weights.items() if k in state and state[k].shape == v.shape]
+    if not loaded:
+        raise ValueError("no tensor of the initial weights matches the network (another bundle or task?).")
+    with torch.no_grad():
+        for k in loaded:
+            state[k].copy_(weights[k])
+    logger.info("initial weights: %d of %d network tensors loaded", len(loaded), len(state))
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------ rounds
+def round_seed(seed: int, *keys: Any) -> int:
+    """A seed for one (round, site, ...) derived from the run's seed: rounds replay identically on resume."""
+    return zlib.crc32(json.dumps([seed, *keys]).encode()) % (2**31)
+
+
+def client_round(
+    client: OmniFMClientAlgo,
+    global_weights: Mapping[str, torch.Tensor],
+    payload: Mapping[str, Any],
+    seed: int,
+    rnd: int,
+    index: int,
+) -> ClientUpdate:
+    """One site's round, as every engine runs it: reseed, load the global state and payload, train, package the update."""
+    torch.manual_seed(round_seed(seed, rnd, index))
+    set_rnd(client.trainer.data_loader.dataset, round_seed(seed, rnd, index, "data"))
+    data = ExchangeObject(weights=dict(global_weights), weight_type=WeightType.WEIGHTS)
+    data[EXTRA_KEY] = dict(payload)
+    client.train(data)
+    result = client.get_weights()
+    return ClientUpdate(
+        site=client.site,
+        weights=result.weights,
+        num_samples=result.statistics["num_samples"],
+        weight_type="diff" if result.weight_type == WeightType.WEIGHT_DIFF else "full",
+        extra=result[EXTRA_KEY],
+    )
+
+
+def evaluation_data(global_weights: Mapping[str, torch.Tensor], payload: Mapping[str, Any]) -> ExchangeObject:
+    """What a site evaluates: the global weights and the server's payload (e.g. the merged bank)."""
+    data = ExchangeObject(weights=dict(global_weights))
+    data[EXTRA_KEY] = dict(payload)
+    return data
+
+
+def update_bytes(update: ClientUpdate) -> int:
+    """Bytes a site uploads in a round: its weights and strategy extras, serialised as torch would send them."""
+    buffer = io.BytesIO()
+    torch.save({"weights": update.weights, "extra": update.extra, "num_samples": update.num_samples}, buffer)
+    return buffer.tell()
+
+
+def aggregate_round(
+    strategy: Strategy,
+    global_weights: Weights,
+    updates: Sequence[ClientUpdate],
+    state: dict[str, Any],
+    min_updates: int = 1,
+) -> tuple[Weights, dict[str, Any], dict[str, str]]:
+    """Reject invalid updates (logged, returned by site), then aggregate the rest with the strategy's rule.
+
+    Raises ``RuntimeError`` when fewer than ``min_updates`` valid updates remain; the caller keeps the
+    previous global state, so a failed round loses nothing.
+    """
+    rejected = {}
+    valid = []
+    for update in updates:
+        try:
+            reason = (
+                validate_update(update, global_weights)
+                if update.weight_type in ("full", "diff")
+                else f"unknown weight_type {update.weight_type!r}"
+            )
+        except Exception as err:  # a malformed update must not stop the round
+            reason = f"malformed update ({err})"
+        if reason:
+            logger.warning("rejected the update of site %s: %s", update.site, reason)
+            rejected[update.site] = reason
+        else:
+            valid.append(update)
+    if len(valid) < max(1, min_updates):
+        raise RuntimeError(f"only {len(valid)} valid updates (need {min_updates}); rejected: {rejected}")
+    new, state = strategy.aggregate(global_weights, valid, state)
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in new.values()):
+        raise RuntimeError("aggregation produced NaN/Inf weights; the previous global model is kept.")
+    return new, state, rejected
