@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -86,9 +88,10 @@ def load_suite(name: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"suite {name!r}: no file {path}; suites: {sorted(p.stem for p in SUITES.glob('*.yaml'))}."
         )
-    suite = yaml.safe_load(path.read_text())
+    text = path.read_text()
+    suite = yaml.safe_load(text)
     check_suite(suite, path)
-    return {"name": path.stem, **suite}
+    return {"name": path.stem, "sha256": hashlib.sha256(text.encode()).hexdigest()[:16], **suite}
 
 
 def check_suite(suite: Any, path: Path) -> None:
@@ -103,6 +106,13 @@ def check_suite(suite: Any, path: Path) -> None:
     for key in ("data", "seeds", "rounds", "local_epochs", "tasks", "scenarios", "experiments"):
         if key not in suite:
             fail(f"missing `{key}`.")
+    if not isinstance(suite["scenarios"], dict) or not all(
+        isinstance(v, list) for v in suite["scenarios"].values()
+    ):
+        fail("`scenarios` must map each scenario name to a list of sites.")
+    builder = (suite["data"] or {}).get("builder", "build_reference_sites")
+    if builder not in ("build_reference_sites", "build_federation_sites"):
+        fail(f"data: builder must be build_reference_sites or build_federation_sites, not {builder!r}.")
     variants = suite.get("variants") or {}
     for label, variant in variants.items():
         if variant.get("strategy") not in STRATEGIES:
@@ -131,13 +141,80 @@ def check_suite(suite: Any, path: Path) -> None:
             )
 
 
+UNSEEN = "unseen_site"  # scenario prefix: train on the other sites, test on the held-out one
+
+
+def scenario_sites(suite: Mapping[str, Any], scenario: str) -> tuple[list[str], list[str]]:
+    """(training sites, unseen sites) of a scenario. ``unseen_site/<site>`` trains on the other sites of the
+    suite's ``unseen_site`` list and tests on ``<site>`` (a rotation: every site is held out once)."""
+    if scenario == PRETRAINING:
+        return list(suite["pretraining"]["sites"]), []
+    if scenario.startswith(UNSEEN + "/"):
+        held = scenario.split("/", 1)[1]
+        return [s for s in suite["scenarios"][UNSEEN] if s != held], [held]
+    return list(suite["scenarios"][scenario]), []
+
+
+def scenario_names(suite: Mapping[str, Any], names: Sequence[str] | None = None) -> list[str]:
+    """Scenario names of cells: ``unseen_site`` expands to one scenario per held-out site."""
+    out = []
+    for name in names or suite["scenarios"]:
+        out += [f"{UNSEEN}/{s}" for s in suite["scenarios"][name]] if name == UNSEEN else [name]
+    return out
+
+
+def _strategy_class(suite: Mapping[str, Any], strategy: str) -> type:
+    from omnifm_monai.fl.strategies import strategy_class
+
+    return strategy_class(((suite.get("variants") or {}).get(strategy) or {}).get("strategy", strategy))
+
+
+def _global_model(suite: Mapping[str, Any], strategy: str) -> bool:
+    return _strategy_class(suite, strategy).shares_weights
+
+
+def _applies(suite: Mapping[str, Any], task: str, scenario: str, strategy: str) -> bool:
+    """Cells that would measure nothing are left out: Local has no global model for an unseen site, and
+    FedBN is FedAvg again on a network without normalisation layers."""
+    cls = _strategy_class(suite, strategy)
+    if scenario.startswith(UNSEEN) and not cls.shares_weights:
+        return False
+    return not (cls.name == "fedbn" and not _has_norm_layers(suite, task, cls()))
+
+
+_NORM_CACHE: dict[tuple, bool] = {}
+
+
+def _has_norm_layers(suite: Mapping[str, Any], task: str, strategy: Any) -> bool:
+    """Whether the network the strategy trains on this task (e.g. the plain backbone) has normalisation layers."""
+    from omnifm_monai.fl.bundle import build_network
+    from omnifm_monai.fl.engine import strategy_overrides
+    from omnifm_monai.fl.strategies import norm_keys
+
+    spec = suite["tasks"][task]
+    key = (spec["bundle"], repr(sorted((spec.get("overrides") or {}).items())), strategy.name)
+    if key not in _NORM_CACHE:
+        overrides = {**(suite.get("overrides") or {}), **(spec.get("overrides") or {})}
+        overrides = {k: v for k, v in overrides.items() if k not in ("dataset_dir",)}
+        try:
+            bundle = ROOT / spec["bundle"]
+            _NORM_CACHE[key] = bool(
+                norm_keys(build_network(bundle, strategy_overrides(bundle, strategy, overrides)))
+            )
+        except Exception:  # a network sized by its data (VQA's vocabulary) cannot be built without it
+            _NORM_CACHE[key] = True
+    return _NORM_CACHE[key]
+
+
 def expand(suite: Mapping[str, Any]) -> list[Cell]:
     """Every cell of the suite, in run order: central pre-training first (for the tasks that fine-tune)."""
     cells: list[Cell] = []
     for exp in suite["experiments"]:
         for task in exp.get("tasks") or suite["tasks"]:
-            for scenario in exp.get("scenarios") or suite["scenarios"]:
+            for scenario in scenario_names(suite, exp.get("scenarios")):
                 for strategy in exp["strategies"]:
+                    if not _applies(suite, task, scenario, strategy):
+                        continue
                     cells += [
                         Cell(task, scenario, strategy, exp.get("init", "scratch"), s)
                         for s in exp.get("seeds") or suite["seeds"]
@@ -163,13 +240,18 @@ def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict
     variant = (suite.get("variants") or {}).get(cell.strategy, {"strategy": cell.strategy})
     sites_dir = workdir / "sites"
     bundle = ROOT / task["bundle"]
-    names = (
-        suite["pretraining"]["sites"] if cell.scenario == PRETRAINING else suite["scenarios"][cell.scenario]
-    )
+    names, unseen = scenario_sites(suite, cell.scenario)
     datalist = bundle_task(bundle)
     sites = [
         s for s in names if (sites_dir / s / f"{datalist}.json").is_file()
     ]  # e.g. CT has no segmentation labels
+    if (
+        cell.scenario != PRETRAINING
+        and not cell.scenario.startswith(UNSEEN)
+        and _global_model(suite, cell.strategy)
+    ):
+        unseen += list(suite.get("real_sites") or [])  # real volumes, scored as they are by the global model
+    unseen = [s for s in unseen if (sites_dir / s / f"{datalist}.json").is_file()]
     if not sites:
         raise FileNotFoundError(
             f"cell {cell}: none of the sites {names} under {sites_dir} has a {datalist}.json."
@@ -187,6 +269,7 @@ def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict
         "local_epochs": task.get("local_epochs", suite["local_epochs"]),
         "output": str(cell.folder(workdir)),
         "sites": {s: str(sites_dir / s) for s in sites},
+        "unseen_sites": {s: str(sites_dir / s) for s in unseen},
         "seed": cell.seed,
         "overrides": {
             **(suite.get("overrides") or {}),
@@ -214,7 +297,9 @@ def commit() -> str:
 
 
 def run_cell(suite: Mapping[str, Any], cell: Cell, workdir: Path, revision: str) -> list[dict[str, Any]]:
-    """Run (or resume) one cell; its rows for the results CSV."""
+    """Run (or resume) one cell; its rows for the results CSV (an unseen-site cell keeps the test rows of its
+    held-out site only; the suite's ``real_sites``, scored by the global model, get the split ``real_test``),
+    then the frozen-benchmark record: the suite file's sha256 and the data version."""
     from omnifm_monai.fl.simulator import simulate
 
     kwargs = simulate_kwargs(suite, cell, workdir)
@@ -224,12 +309,30 @@ def run_cell(suite: Mapping[str, Any], cell: Cell, workdir: Path, revision: str)
     finally:
         logging.disable(logging.NOTSET)
     rows = []
+    real = set(suite.get("real_sites") or [])
+    held_out = set(kwargs["unseen_sites"]) - real
     with open(Path(kwargs["output"]) / "metrics.csv") as f:
         for r in csv.DictReader(f):
+            if held_out and r["split"] == "test" and r["site"] not in held_out:
+                continue
+            if r["split"] == "test" and r["site"] in real:
+                r["split"] = "real_test"  # beside the sites' own test splits, never averaged with them
             metric = r["metric"].removeprefix("val_")  # the bundles' evaluators name every metric val_*
             rows.append({**dict(zip(CELL_FIELDS, cell.key, strict=True)), "round": r["round"], "site": r["site"],
                          "split": r["split"], "metric": metric, "value": r["value"], "commit": revision})  # fmt: skip
-    return rows
+    record = {"suite_sha": suite.get("sha256", "unknown"), "data_version": data_version(workdir)}
+    cell_fields = dict(zip(CELL_FIELDS, cell.key, strict=True))
+    return rows + [{**cell_fields, "round": -1, "site": "server", "split": "meta", "metric": k, "value": v, "commit": revision}
+                   for k, v in record.items()]  # fmt: skip
+
+
+def data_version(workdir: Path) -> str:
+    """The data builder and its arguments, as the build recorded them in ``sites.json``."""
+    summary_file = workdir / "sites" / "sites.json"
+    if not summary_file.is_file():
+        return "unknown"
+    summary = json.loads(summary_file.read_text())
+    return str(summary.get("builder_version") or summary.get("version") or "reference-sites")
 
 
 def _worker_init(threads: int) -> None:
@@ -280,7 +383,7 @@ def check_results(cells: Iterable[Cell], results: Path) -> list[str]:
         if not any(r["split"] == "test" for r in found):
             problems.append(f"{cell}: no test metrics")
         problems += [f"{cell}: {r['split']} {r['metric']} at round {r['round']} site {r['site']} is {r['value']}"
-                     for r in found if not math.isfinite(float(r["value"]))]  # fmt: skip
+                     for r in found if r["split"] != "meta" and not math.isfinite(float(r["value"]))]  # fmt: skip
     return problems
 
 
@@ -303,7 +406,7 @@ def run_suite(
     suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequence[str] = (), workers: int = 1
 ) -> list[str]:
     """Run the selected cells that are not in ``results`` yet; returns the problems :func:`check_results` finds."""
-    from omnifm_monai.data import build_reference_sites
+    from omnifm_monai import data
 
     filters = parse_only(only)
     cells = expand(suite)
@@ -322,9 +425,13 @@ def run_suite(
     )
     sites_dir = workdir / "sites"
     if todo and not (sites_dir / "sites.json").is_file():
-        scenario_sites = [s for sites in suite["scenarios"].values() for s in sites]
-        build_reference_sites(sites_dir, sites=list(dict.fromkeys(scenario_sites + list((suite.get("pretraining") or {}).get("sites", [])))),
-                              overwrite=True, **suite["data"])  # fmt: skip
+        every_site = [s for sites in suite["scenarios"].values() for s in sites]
+        every_site += (suite.get("pretraining") or {}).get("sites", [])
+        every_site += suite.get("real_sites") or []
+        every_site = list(dict.fromkeys(every_site))
+        settings = dict(suite["data"])
+        build = getattr(data, settings.pop("builder", "build_reference_sites"))
+        build(sites_dir, sites=every_site, overwrite=True, **settings)
     revision, failed = commit(), {}
     threads = max(1, (os.cpu_count() or 1) // workers)
     # pre-training first: the fine-tuning cells load its weights

@@ -8,7 +8,9 @@ state first), so memory grows with the number of sites only by their data and pr
 side is :func:`~omnifm_monai.fl.engine.aggregate_round`; sites are built and run by :mod:`~omnifm_monai.fl.engine`, the
 core the NVFlare client and aggregator share.
 
-Written to ``output``: ``metrics.csv`` (``round, site, split, metric, value, strategy``), ``metrics.jsonl``,
+Written to ``output``: ``metrics.csv`` (``round, site, split, metric, value, strategy``; ``split`` is
+``validation``, ``test``, ``round`` (cost) or ``diagnostics`` (the strategy's own numbers, e.g. OmniFM's
+gate and spectral-token spread)), ``metrics.jsonl``,
 TensorBoard events, and ``checkpoint.pt`` (global weights, server state, every site's private and strategy
 state) replaced atomically after every round; a killed run resumes from the last completed round and ends
 with the same result as an uninterrupted one (every round reseeds from ``seed``, round and site).
@@ -184,6 +186,8 @@ def _evaluate(
         evaluator = client.test_evaluator() if split == "test" else client.evaluator
         seconds += evaluator.state.times.get("COMPLETED") or 0.0
         rows += [(rnd, name, split, k, v) for k, v in metrics.items()]
+        if split == "validation":
+            rows += [(rnd, name, "diagnostics", k, v) for k, v in strategy.diagnostics(client.ctx).items()]
     return rows + [(rnd, "server", "round", "eval_seconds", seconds)] if split == "validation" else rows
 
 
@@ -202,6 +206,7 @@ def simulate(
     overrides: Mapping[str, Any] | None = None,
     strategy_options: Mapping[str, Any] | None = None,
     init_weights: str | None = None,
+    unseen_sites: Sequence[str] | Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a federated job in this process; returns the final metrics per site.
 
@@ -223,6 +228,9 @@ def simulate(
         strategy_options: keyword options of the strategy (e.g. ``{"mu": 0.01}``).
         init_weights: a state dict (e.g. another run's ``global_model.pt``) to start from: every tensor whose
             name and shape match the network is loaded, the rest keeps its initialisation (fine-tuning).
+        unseen_sites: sites (names under ``reference_dir``, or name -> folder) that never train: after the last
+            round they are tested with the global model and a *fresh* private part (the network's initial
+            private state: a personalised strategy has nothing personal for a site it has never seen).
     """
     bundle_dir, out = Path(bundle), Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +252,15 @@ def simulate(
             strategy_options,
             dataset_dir=next(iter(site_dirs.values())),
         )[0]
+    unseen = (
+        dict(unseen_sites)
+        if isinstance(unseen_sites, Mapping)
+        else {s: str(Path(reference_dir) / s) for s in unseen_sites or ()}
+    )
+    if unseen and not strategy.shares_weights:
+        raise ValueError(f"{strategy.name} has no global model to test on an unseen site.")
+    if set(unseen) & set(site_dirs):
+        raise ValueError(f"sites {sorted(set(unseen) & set(site_dirs))} cannot both train and be unseen.")
     test_sites = site_dirs  # a pooled (Centralized) model is still tested on every site's own test split
     if strategy.pooled:
         site_dirs = _pooled_site(site_dirs, task, out / "pooled_data")
@@ -256,6 +273,7 @@ def simulate(
         "seed": seed,
         "local_epochs": local_epochs,
         "init_weights": init_weights,
+        "unseen_sites": unseen,
         "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)},
     }
     config_file = out / "run.json"
@@ -284,6 +302,9 @@ def simulate(
         send_weight_diff=send_weight_diff,
     )
     clients = make_clients(bundle_dir, strategy, site_dirs, **client_args)
+    unseen_clients = make_clients(
+        bundle_dir, strategy, unseen, **client_args
+    )  # made now: the initial private state
     global_weights = next(iter(clients.values()))._shared_state() if strategy.shares_weights else {}
     server_state = strategy.init_state(global_weights)
     start = 0
@@ -329,6 +350,7 @@ def simulate(
         testers = (
             clients if not strategy.pooled else make_clients(bundle_dir, strategy, test_sites, **client_args)
         )
+        testers = {**testers, **unseen_clients}
         rows = _evaluate(testers, strategy, global_weights, server_state, rounds - 1, split="test")
         results = {name: {r[3]: r[4] for r in rows if r[1] == name} for name in testers}
         writer.write(rows)

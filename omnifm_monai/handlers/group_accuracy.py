@@ -19,10 +19,13 @@ class GroupAccuracy:
     """Accuracy per value of a batch key (e.g. ``answer_type``: closed / open), added to ``engine.state.metrics``
     as ``{prefix}_{group}`` at the end of each run, before the loggers read them.
 
+    Items without ``group_key`` are left out (e.g. datalists that do not mark it).
+
     Args:
         group_key: key in each batch item naming its group.
         prefix: metric name prefix.
         pred_key / label_key: keys of the prediction and the label in the output.
+        names: group value (as text, e.g. ``"True"``) -> name in the metric; default the value itself.
     """
 
     def __init__(
@@ -31,8 +34,10 @@ class GroupAccuracy:
         prefix: str = "val_acc",
         pred_key: str = "pred",
         label_key: str = "label",
+        names: dict[str, str] | None = None,
     ) -> None:
         self.group_key, self.prefix, self.pred_key, self.label_key = group_key, prefix, pred_key, label_key
+        self.names = dict(names or {})
         self.hits: dict[str, list[float]] = defaultdict(list)
 
     def attach(self, engine: Engine) -> None:
@@ -42,9 +47,13 @@ class GroupAccuracy:
 
     def collect(self, engine: Engine) -> None:
         for item, out in zip(engine.state.batch, engine.state.output, strict=True):
+            if self.group_key not in item:
+                continue
+            group = item[self.group_key]
+            group = str(group.item() if isinstance(group, torch.Tensor) else group)
             pred = class_indices(torch.as_tensor(out[self.pred_key]).reshape(1, -1))
             label = class_indices(torch.as_tensor(out[self.label_key]).reshape(1, -1))
-            self.hits[str(item[self.group_key])].append(float(pred == label))
+            self.hits[self.names.get(group, group)].append(float(pred == label))
 
     def publish(self, engine: Engine) -> None:
         for group, hits in self.hits.items():

@@ -14,8 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import run  # noqa: E402
 
-REQUIRED = {"local", "centralized", "fedavg", "fedprox", "fedbn", "fedper", "fedrep", "ditto", "scaffold", "fedavgm",
-            "fedadam", "feddg", "omnifm"}  # fmt: skip
+REQUIRED = {
+    "local",
+    "centralized",
+    "fedavg",
+    "fedprox",
+    "fedbn",
+    "fedper",
+    "ditto",
+    "feddg",
+    "harmofl",
+    "omnifm",
+}
 ABLATIONS = {"use_gskr", "use_ecaf", "use_prefix", "use_suffix", "use_spa"}
 
 
@@ -27,22 +37,30 @@ def default():
 def test_default_suite_covers_every_task_scenario_strategy_and_seed(default):
     cells = run.expand(default)
     assert len(cells) == len(set(cells))
-    assert {"segmentation", "classification", "super_resolution_x2", "super_resolution_x4", "vqa"} == set(
-        default["tasks"]
-    )
+    assert {"segmentation", "classification", "super_resolution_x2", "vqa"} == set(default["tasks"])
     seeds = defaultdict(set)
     for c in cells:
         seeds[(c.task, c.scenario, c.strategy, c.init)].add(c.seed)
     assert len(default["seeds"]) >= 3
     for task in default["tasks"]:
-        for scenario in ("cross_modality", "intra_modality"):
-            for strategy in REQUIRED:
+        unseen = [f"unseen_site/{s}" for s in default["scenarios"]["unseen_site"]]
+        for scenario in ("cross_modality", "intra_modality", *unseen):
+            left_out = (
+                {"fedbn"} if task.startswith("super_resolution") else set()
+            )  # no norm layers: FedAvg again
+            left_out |= {"local"} if scenario.startswith("unseen_site") else set()  # no global model to test
+            for strategy in REQUIRED - left_out:
                 assert seeds[(task, scenario, strategy, "scratch")] == set(default["seeds"]), (
                     task,
                     scenario,
                     strategy,
                 )
         assert seeds[(task, "cross_modality", "omnifm", "pretrained")] == set(default["seeds"])
+    # the image-blind VQA baseline beside every VQA number, and the headline without site-constant questions
+    assert seeds[("vqa", "cross_modality", default["tasks"]["vqa"]["baseline_variant"], "scratch")] == set(
+        default["seeds"]
+    )
+    assert default["tasks"]["vqa"]["metric"] == "acc_site_varying"
     # every OmniFM part is ablated, and the SPA weight takes at least two values besides the default
     variants = default["variants"].values()
     assert ABLATIONS <= {k for v in variants for k, value in v["overrides"].items() if value is False}
@@ -87,22 +105,30 @@ def _sites(root: Path, names, task="segmentation"):
 
 
 def test_simulate_kwargs_merge_settings_and_point_fine_tuning_at_the_pretrained_weights(default, tmp_path):
-    _sites(tmp_path, ["icbm_t1", "colin_t1", "icbm_t2w", "icbm_pdw", "icbm_flair", "t1_scanner_a"])
+    _sites(tmp_path, ["t1", "t2w", "pdw", "flair", "t1_simulated", "real_icbm_t1", "real_colin_t1"])
     cell = run.Cell("segmentation", "cross_modality", "omnifm_no_gskr", "pretrained", 1)
     kw = run.simulate_kwargs(default, cell, tmp_path)
     assert kw["strategy"] == "omnifm" and kw["overrides"]["use_gskr"] is False
     assert kw["overrides"]["image_size"] == default["overrides"]["image_size"]
-    assert list(kw["sites"]) == ["icbm_t1", "colin_t1", "icbm_t2w", "icbm_pdw", "icbm_flair"]  # CT: no labels
+    assert list(kw["sites"]) == ["t1", "t2w", "pdw", "flair"]  # CT: no segmentation labels
+    assert list(kw["unseen_sites"]) == [
+        "real_icbm_t1",
+        "real_colin_t1",
+    ]  # the real volumes, scored as they are
     pre = run.pretraining_cell(default, "segmentation")
     assert kw["init_weights"] == str(pre.folder(tmp_path) / "global_model.pt")
     assert run.simulate_kwargs(default, pre, tmp_path)["sites"] == {
-        "t1_scanner_a": str(tmp_path / "sites" / "t1_scanner_a")
+        "t1_simulated": str(tmp_path / "sites" / "t1_simulated")
     }
-    _sites(tmp_path, ["head_ct"], "super_resolution")
-    sr = run.simulate_kwargs(
-        default, run.Cell("super_resolution_x4", "cross_modality", "fedavg", "scratch", 0), tmp_path
+    local = run.simulate_kwargs(
+        default, run.Cell("segmentation", "cross_modality", "local", "scratch", 0), tmp_path
     )
-    assert sr["overrides"]["scale"] == 4 and sr["init_weights"] is None and list(sr["sites"]) == ["head_ct"]
+    assert local["unseen_sites"] == {}  # no global model to score them with
+    _sites(tmp_path, ["ct"], "super_resolution")
+    sr = run.simulate_kwargs(
+        default, run.Cell("super_resolution_x2", "cross_modality", "fedavg", "scratch", 0), tmp_path
+    )
+    assert sr["overrides"]["scale"] == 2 and sr["init_weights"] is None and list(sr["sites"]) == ["ct"]
 
 
 def test_bad_suite_names_the_file_and_the_problem(tmp_path):
@@ -167,7 +193,9 @@ def test_quick_suite_runs_every_cell_resumes_and_reports(tmp_path):
     for cell in cells:
         test = [r for r in by_cell[cell.key] if r["split"] == "test"]
         assert {r["metric"] for r in test} >= {suite["tasks"][cell.task]["metric"]}, cell
-        assert all(math.isfinite(float(r["value"])) for r in by_cell[cell.key]), cell
+        assert all(math.isfinite(float(r["value"])) for r in by_cell[cell.key] if r["split"] != "meta"), cell
+        meta = {r["metric"]: r["value"] for r in by_cell[cell.key] if r["split"] == "meta"}
+        assert meta["suite_sha"] == suite["sha256"] and meta["data_version"] != "unknown", cell
     size = results.stat().st_size
     assert run.main(["--suite", "quick", "--workdir", str(workdir), "--results", str(results)]) == 0
     assert results.stat().st_size == size  # resumed: nothing ran twice
@@ -183,3 +211,29 @@ def test_quick_suite_runs_every_cell_resumes_and_reports(tmp_path):
             f"## {task}" in text
             and (tmp_path / "report" / "plots" / f"{task}_curves.png").stat().st_size > 1000
         )
+
+
+def test_unseen_site_scenario_rotates_the_held_out_site_and_leaves_local_out(tmp_path):
+    suite = {
+        "name": "t", "data": {}, "seeds": [0], "rounds": 1, "local_epochs": 1,
+        "tasks": {"segmentation": {"bundle": "bundles/omnifm_segmentation", "metric": "mean_dice"}},
+        "scenarios": {"cross": ["a", "b", "c"], "unseen_site": ["a", "b", "c"]},
+        "experiments": [{"strategies": ["local", "fedavg", "fedbn"]}],
+    }  # fmt: skip
+    run.check_suite(suite, tmp_path / "t.yaml")
+    cells = run.expand(suite)
+    unseen = {c.scenario for c in cells if c.scenario.startswith("unseen_site")}
+    assert unseen == {"unseen_site/a", "unseen_site/b", "unseen_site/c"}
+    assert not any(c.strategy == "local" and c.scenario in unseen for c in cells)
+    assert any(c.strategy == "fedbn" for c in cells)  # the segmentation UNet has normalisation layers
+    _sites(tmp_path, ["a", "b", "c"])
+    kw = run.simulate_kwargs(
+        suite, run.Cell("segmentation", "unseen_site/b", "fedavg", "scratch", 0), tmp_path
+    )
+    assert set(kw["sites"]) == {"a", "c"} and set(kw["unseen_sites"]) == {"b"}
+
+
+def test_fedbn_is_left_out_for_a_network_without_normalisation_layers(default):
+    sr = [c for c in run.expand(default) if c.task.startswith("super_resolution")]
+    assert sr and not any(c.strategy == "fedbn" for c in sr)  # FedBN would be FedAvg again
+    assert any(c.strategy == "fedbn" and c.task == "segmentation" for c in run.expand(default))

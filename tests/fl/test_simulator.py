@@ -199,3 +199,42 @@ def test_initial_weights_of_another_network_are_refused():
     assert torch.equal(net.weight, torch.ones(2, 3))
     with pytest.raises(ValueError, match="no tensor"):
         load_matching(net, {"conv.weight": torch.ones(1)})
+
+
+def test_an_unseen_site_is_tested_with_the_global_model_and_a_fresh_private_part(reference_sites, tmp_path):
+    from omnifm_monai.fl.engine import evaluation_data, make_clients, make_strategy, site_network
+
+    unseen = {"icbm_t2w": str(reference_sites / "icbm_t2w")}
+    results = _run(
+        tmp_path / "run", reference_sites, "fedbn", sites=["icbm_t1"], unseen_sites=unseen, test=True
+    )
+    assert set(results) == {"icbm_t1", "icbm_t2w"}
+    assert set(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["sites"]) == {
+        "icbm_t1"
+    }  # never trained
+    # reference: a client of the unseen site on the network as it was built (its norms untouched), the global weights loaded
+    strategy = make_strategy(BUNDLE, "fedbn", ["icbm_t1"])[0]
+    network = site_network(BUNDLE, strategy, SMALL, seed=0, dataset_dir=str(reference_sites / "icbm_t1"))
+    client = make_clients(BUNDLE, strategy, unseen, network, SMALL, workdir=tmp_path / "check")["icbm_t2w"]
+    global_weights = torch.load(tmp_path / "run" / "global_model.pt", weights_only=True)
+    expected = client.evaluate(evaluation_data(global_weights, {}), extra={"split": "test"}).metrics
+    assert results["icbm_t2w"] == expected
+    with pytest.raises(ValueError, match="no global model"):
+        _run(tmp_path / "local", reference_sites, "local", sites=["icbm_t1"], unseen_sites=unseen, test=True)
+
+
+def test_omnifm_diagnostics_are_logged_per_round_and_site(reference_sites, tmp_path):
+    _run(tmp_path, reference_sites, "omnifm", rounds=2)
+    rows = [r for r in _rows(tmp_path) if r["split"] == "diagnostics"]
+    bank = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["server_state"]["bank"]
+    for rnd in ("0", "1"):
+        for site in SITES:
+            got = {r["metric"]: float(r["value"]) for r in rows if r["round"] == rnd and r["site"] == site}
+            assert set(got) == {"gate", "token_spread", "bank_size", "own_modality_share"}, got
+            assert (
+                -1 <= got["gate"] <= 1
+                and 0 <= got["token_spread"] <= 2
+                and 0 <= got["own_modality_share"] <= 1
+            )
+            if rnd == "1":
+                assert got["bank_size"] == len(bank["keys"])  # the bank the server merged last

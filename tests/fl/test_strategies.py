@@ -208,6 +208,7 @@ def test_every_strategy_is_registered_with_a_documented_rule():
         "fedadam",
         "fedyogi",
         "feddg",
+        "harmofl",
         "omnifm",
     }
     assert set(STRATEGIES) == expected
@@ -287,3 +288,33 @@ def test_a_strategy_is_found_by_its_dotted_path():
         strategy_class("torch.nn.Linear")
     with pytest.raises(ValueError, match="cannot import"):
         strategy_class("no_such_package.Strategy")
+
+
+def test_harmofl_step_takes_the_gradient_at_the_perturbed_weights():
+    """WPOpt: after the hook, the gradient is the loss gradient at ``w + rho g / ||g||``, and ``w`` is unchanged."""
+    from types import SimpleNamespace
+
+    from omnifm_monai.fl.strategies import SiteContext
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    loss_fn = torch.nn.MSELoss()
+    loss_fn(net(x), y).backward()
+    w0 = [p.detach().clone() for p in net.parameters()]
+    g = [p.grad.detach().clone() for p in net.parameters()]
+    engine = SimpleNamespace(
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), prepare_batch=lambda b, *a, **k: b, non_blocking=False,
+        to_kwargs={}, inferer=lambda inputs, network: network(inputs), loss_function=loss_fn, network=net,
+        state=SimpleNamespace(batch=(x, y), device="cpu"),
+    )  # fmt: skip
+    ctx = SiteContext(site="a", network=net, trainer=None, workflow=None, private_keys=set())
+    get_strategy("harmofl", rho=0.5)._perturbed_gradient(ctx, engine)
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+    reference = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        for p, w, gi in zip(reference.parameters(), w0, g, strict=True):
+            p.copy_(w + 0.5 * gi / norm)
+    loss_fn(reference(x), y).backward()
+    for p, r, w in zip(net.parameters(), reference.parameters(), w0, strict=True):
+        assert torch.allclose(p.grad, r.grad, atol=1e-6) and torch.equal(p.detach(), w)

@@ -27,6 +27,7 @@ from .feddg import FedDG
 from .feddyn import FedDyn
 from .fedper import FedPer, FedRep
 from .fedprox import FedProx
+from .harmofl import HarmoFL
 from .moon import MOON
 from .omnifm import OmniFMStrategy
 from .scaffold import SCAFFOLD
@@ -49,6 +50,7 @@ __all__ = [
     "FedProx",
     "FedRep",
     "FedYogi",
+    "HarmoFL",
     "LocalOnly",
     "OmniFMStrategy",
     "SiteContext",
@@ -67,7 +69,7 @@ __all__ = [
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (LocalOnly, Centralized, FedAvg, FedProx, FedBN, FedPer, FedRep, Ditto, SCAFFOLD, FedDyn, MOON,
-                FedAvgM, FedAdam, FedYogi, FedDG, OmniFMStrategy)
+                FedAvgM, FedAdam, FedYogi, FedDG, HarmoFL, OmniFMStrategy)
 }  # fmt: skip
 
 

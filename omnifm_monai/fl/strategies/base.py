@@ -12,6 +12,8 @@ FL4Health's client hooks):
 ``after_training``      every round, after the local epochs (a second model, state for the next round)
 ``upload``              every round: the extras sent with the weights (``ClientUpdate.extra``)
 ``evaluation_weights``  the site's own weights to evaluate with instead of the global ones (a personal model)
+``prepare_evaluation``  before the site evaluates (what the server sent with the model, e.g. a merged bank)
+``diagnostics``         after the site evaluated a round's model: numbers logged per round and site
 ======================  ===========================================================================
 
 No engine names a strategy: a new method, server rule and client work, is one subclass in one file, and
@@ -262,3 +264,7 @@ class Strategy:
 
     def prepare_evaluation(self, ctx: SiteContext, payload: Mapping[str, Any]) -> None:
         """Before this site evaluates: use what the server sent with the model (e.g. its merged bank)."""
+
+    def diagnostics(self, ctx: SiteContext) -> dict[str, float]:
+        """Numbers that show what the method does on this site, after it evaluated a round's model."""
+        return {}

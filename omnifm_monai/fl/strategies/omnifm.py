@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from monai.networks.utils import eval_mode
 
 from omnifm_monai.handlers import site_centroids
 from omnifm_monai.networks.blocks import SpectralKnowledgeBank
@@ -117,3 +119,30 @@ class OmniFMStrategy(Strategy):
             "modality": ctx.workflow.datalist_meta["modality"],
             "bank_hits": (bank.hits - start)[: len(bank)].cpu(),
         }
+
+    @torch.no_grad()
+    def diagnostics(self, ctx):
+        """``gate`` (tanh of the output gate), ``token_spread`` (1 - mean pairwise cosine of the site's spectral
+        tokens: 0 means one token for every image), ``own_modality_share`` (retrieved prototypes of the site's
+        own modality) and ``bank_size``."""
+        network, out = ctx.network, {}
+        if getattr(network, "gate", None) is not None:
+            out["gate"] = float(network.gate.value.mean())
+        if getattr(network, "tokenizer", None) is None:
+            return out
+        loader = ctx.workflow.bank_dataloader or ctx.trainer.data_loader
+        with eval_mode(network):  # eval: retrieval counts no hits
+            tokens = torch.cat([network.spectral_tokens(b["image"].to(ctx.device)).mean(1) for b in loader])
+            unit = F.normalize(tokens, dim=-1)
+            n = len(unit)
+            if n > 1:
+                cosine = (unit @ unit.T).sum() - n  # off-diagonal pairs
+                out["token_spread"] = float(1 - cosine / (n * (n - 1)))
+            bank = getattr(network, "bank", None)
+            if bank is not None:
+                out["bank_size"] = float(len(bank))
+                _, idx = bank.retrieve(tokens)
+                if idx.numel():
+                    own = bank.modality_index(ctx.workflow.datalist_meta["modality"])
+                    out["own_modality_share"] = float((bank.modality[idx] == own).float().mean())
+        return out
