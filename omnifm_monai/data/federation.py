@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -40,7 +38,7 @@ from monai.config import PathLike
 from omnifm_monai.transforms.text import build_vocabulary
 
 from .appearance import CONTRASTS, Realism, real_appearance, scan, simulate_contrast
-from .layout import SPLITS, TASKS, write_datalist
+from .layout import SPLITS, TASKS, replaced_atomically, write_datalist
 from .reference_sites import LEVELS, LICENCES, _names, _task_items, _task_meta
 from .simulation import SCANNERS, TISSUE, _rng
 from .slicing import _extent, _slices, _split
@@ -236,12 +234,10 @@ def build_federation_sites(
                for s in sites if SITES[s][3] in needs and not needs[SITES[s][3]].is_file()}  # fmt: skip
     for site, reason in skipped.items():
         logger.warning("federation sites: skipping %s: %s", site, reason)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     summary: dict[str, Any] = {"builder_version": BUILDER_VERSION, "arguments": args,
                                "scenarios": {k: list(v) for k, v in SCENARIOS.items()}, "sites": {},
                                "skipped": skipped}  # fmt: skip
-    try:
+    with replaced_atomically(out) as tmp:
         anatomies: dict[str, _Anatomy] = {}
         vqa: dict[str, tuple[dict, dict]] = {}
         for site in (s for s in SITES if s in sites and s not in skipped):
@@ -275,16 +271,6 @@ def build_federation_sites(
         with open(tmp / "sites.json", "w") as f:
             json.dump(summary, f, indent=1)
         (tmp / "DATA_CARD.md").write_text(_data_card(summary, deform, look))
-        if out.exists():  # swap: old folder aside, new one in, old one removed
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.replace(old / out.name)
-            tmp.replace(out)
-            shutil.rmtree(old)
-        else:
-            tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["output_dir"] = str(out)
     return summary
 

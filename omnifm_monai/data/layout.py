@@ -12,15 +12,19 @@ item lists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from monai.config import PathLike
 
-__all__ = ["SPLITS", "TASKS", "datalist_path", "find_sites", "write_datalist"]
+__all__ = ["SPLITS", "TASKS", "datalist_path", "find_sites", "replaced_atomically", "write_datalist"]
 
 TASKS = ("segmentation", "classification", "super_resolution", "vqa")
 SPLITS = ("training", "validation", "test")
@@ -68,3 +72,25 @@ def find_sites(root: PathLike, task: str) -> dict[str, str]:
             f"`python -m omnifm_monai.data build_reference_sites --output_dir {root}` or write them with a reader."
         )
     return sites
+
+
+@contextlib.contextmanager
+def replaced_atomically(output_dir: PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``output_dir`` to build in; when the block ends without error it replaces
+    ``output_dir`` (the old folder is set aside first, then removed), otherwise it is removed. A reader never
+    sees a half-built folder, and a failed build leaves the old one as it was."""
+    out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.replace(old / out.name)
+            tmp.replace(out)
+            shutil.rmtree(old)
+        else:
+            tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +36,7 @@ from monai.config import PathLike
 
 from omnifm_monai.transforms.text import build_vocabulary
 
-from .layout import SPLITS, TASKS, write_datalist
+from .layout import SPLITS, TASKS, replaced_atomically, write_datalist
 from .simulation import SCANNERS, SEQUENCES, TISSUE, _rng, _scanner, _simulate
 from .slicing import _extent, _slices, _split
 from .sources import (
@@ -250,11 +248,9 @@ def build_reference_sites(
         "epi_t2star": lambda: _real_sr("example4d_t0", "nibabel", ("tests", "data", "example4d.nii.gz"), 0),
         "dwi_b0": lambda: _real_sr("s0_10slices", "dipy", ("data", "files", "S0_10slices.nii.gz"), 0),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     summary: dict[str, Any] = {"size": size, "seed": seed, "gap": gap, "window": list(ct_window), "sites": {},
                                "skipped": skipped}  # fmt: skip
-    try:
+    with replaced_atomically(out) as tmp:
         cache: dict[str, _Volume] = {}
         vqa: dict[str, tuple[Path, dict, dict[str, list[dict]]]] = {}
         for site in (s for s in SITES if s in sites and s not in skipped):
@@ -296,16 +292,6 @@ def build_reference_sites(
         with open(tmp / "sites.json", "w") as f:
             json.dump(summary, f, indent=1)
         (tmp / "DATA_CARD.md").write_text(_data_card(summary))
-        if out.exists():  # swap: old folder aside, new one in, old one removed
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.replace(old / out.name)
-            tmp.replace(out)
-            shutil.rmtree(old)
-        else:
-            tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["output_dir"] = str(out)
     return summary
 
