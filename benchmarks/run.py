@@ -110,6 +110,11 @@ def check_suite(suite: Any, path: Path) -> None:
         isinstance(v, list) for v in suite["scenarios"].values()
     ):
         fail("`scenarios` must map each scenario name to a list of sites.")
+    held_out = set(suite.get("unseen_held_out") or [])
+    if held_out - set(suite["scenarios"].get(UNSEEN, [])):
+        fail(f"unseen_held_out names sites not in the unseen_site scenario: {sorted(held_out)}.")
+    if suite.get("lr_schedule", "constant") not in ("constant", "cosine"):
+        fail(f"lr_schedule must be constant or cosine, not {suite['lr_schedule']!r}.")
     builder = (suite["data"] or {}).get("builder", "build_reference_sites")
     if builder not in ("build_reference_sites", "build_federation_sites"):
         fail(f"data: builder must be build_reference_sites or build_federation_sites, not {builder!r}.")
@@ -156,10 +161,12 @@ def scenario_sites(suite: Mapping[str, Any], scenario: str) -> tuple[list[str], 
 
 
 def scenario_names(suite: Mapping[str, Any], names: Sequence[str] | None = None) -> list[str]:
-    """Scenario names of cells: ``unseen_site`` expands to one scenario per held-out site."""
+    """Scenario names of cells: ``unseen_site`` expands to one scenario per held-out site (every site of its
+    list in turn, or those of the suite's ``unseen_held_out``)."""
     out = []
+    held_out = suite.get("unseen_held_out") or suite["scenarios"].get(UNSEEN, [])
     for name in names or suite["scenarios"]:
-        out += [f"{UNSEEN}/{s}" for s in suite["scenarios"][name]] if name == UNSEEN else [name]
+        out += [f"{UNSEEN}/{s}" for s in held_out] if name == UNSEEN else [name]
     return out
 
 
@@ -267,6 +274,7 @@ def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict
         "strategy": variant["strategy"],
         "rounds": rounds,
         "local_epochs": task.get("local_epochs", suite["local_epochs"]),
+        "lr_schedule": suite.get("lr_schedule", "constant"),
         "output": str(cell.folder(workdir)),
         "sites": {s: str(sites_dir / s) for s in sites},
         "unseen_sites": {s: str(sites_dir / s) for s in unseen},

@@ -18,7 +18,14 @@ from pathlib import Path
 import nvflare.client as flare
 import torch
 
-from omnifm_monai.fl.engine import client_round, evaluation_data, make_clients, make_strategy, site_network
+from omnifm_monai.fl.engine import (
+    client_round,
+    evaluation_data,
+    make_clients,
+    make_strategy,
+    round_lr_scale,
+    site_network,
+)
 from omnifm_monai.fl.nvflare import payload_from_meta, to_torch, update_to_flmodel
 
 DATASET_ENV = "OMNIFM_DATASET_DIR"
@@ -33,6 +40,7 @@ DEFAULTS = {
     "seed": 0,
     "local_epochs": 1,
     "send_weight_diff": False,
+    "lr_schedule": "constant",
 }
 
 
@@ -53,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--dataset_dir", default=None, help=f"this site's data folder (default: ${DATASET_ENV})")
     p.add_argument("--local_epochs", type=int, default=None, help="epochs per round (default 1)")
+    p.add_argument(
+        "--lr_schedule",
+        default=None,
+        help="learning rate over the job's rounds: constant (default) or cosine",
+    )
     p.add_argument(
         "--seed", type=int, default=None, help="run seed (default 0); rounds are seeded as in the simulator"
     )
@@ -155,7 +168,10 @@ def main(argv=None) -> None:
             raise RuntimeError(
                 f"site {site}: task {flare.get_task_name()!r} is not supported (train and validate are)."
             )
-        update = client_round(client, global_weights, payload, args.seed, received.current_round, index)
+        lr_scale = round_lr_scale(args.lr_schedule, received.current_round, received.total_rounds)
+        update = client_round(
+            client, global_weights, payload, args.seed, received.current_round, index, lr_scale
+        )
         iterations = client.trainer.state.iteration - client.iter_of_start_time
         logger.info("site %s round %s: %s", site, received.current_round, metrics)
         flare.send(update_to_flmodel(update, metrics=metrics, iterations=iterations))

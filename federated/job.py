@@ -33,7 +33,7 @@ from nvflare.app_opt.pt.recipes import FedAvgRecipe
 from nvflare.recipe import PocEnv, SimEnv, set_per_site_config
 
 from omnifm_monai.fl.bundle import key_metric
-from omnifm_monai.fl.engine import make_strategy
+from omnifm_monai.fl.engine import make_strategy, round_lr_scale
 from omnifm_monai.fl.nvflare import (
     REJECTED,
     SITE_METRICS,
@@ -96,14 +96,17 @@ def build_recipe(
     name: str | None = None,
     command: str | None = None,
     native_fedavg: bool = False,
+    lr_schedule: str = "constant",
 ) -> FedAvgRecipe:
     """The job as a recipe. ``site_dirs`` puts each site's ``--dataset_dir`` in the job (simulation, PoC);
     without it every site reads ``OMNIFM_DATASET_DIR`` from its own environment (production). ``external``
     starts each site's script as its own process with ``command`` (default: this Python; give the sites'
     interpreter, e.g. ``python3 -u``, for an exported job). ``native_fedavg`` leaves the aggregation to NVFlare's
     own FedAvg (the recipe's default aggregator) instead of :class:`StrategyAggregator`: an independent check
-    of our ``fedavg``, and nothing else (no payload, no private keys on the server)."""
+    of our ``fedavg``, and nothing else (no payload, no private keys on the server). ``lr_schedule``: the
+    sites' learning rate over the rounds, as in the simulator (``constant`` or ``cosine``)."""
     federated_rounds(strategy, check=True)
+    round_lr_scale(lr_schedule, 0, max(rounds, 1))  # an unknown schedule fails here, not on the sites
     if native_fedavg and strategy_class(strategy) is not Strategy:
         raise ValueError(f"native_fedavg runs NVFlare's own FedAvg: it checks `fedavg`, not {strategy!r}.")
     bundle_dir = Path(bundle).resolve()
@@ -127,6 +130,7 @@ def build_recipe(
         "seed": seed,
         "local_epochs": local_epochs,
         "send_weight_diff": send_weight_diff,
+        "lr_schedule": lr_schedule,
     }
     (staging_dir / JOB_CONFIG).write_text(json.dumps(job_config, indent=2))
     with _cwd(staging_dir):
@@ -363,6 +367,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local_epochs", type=int, default=1)
+    p.add_argument("--lr_schedule", default="constant", choices=["constant", "cosine"])
     p.add_argument("--overrides", default="{}", help='JSON bundle overrides, e.g. {"image_size": 32}')
     p.add_argument("--strategy_options", default="{}", help='JSON strategy options, e.g. {"mu": 0.01}')
     p.add_argument(
@@ -409,6 +414,7 @@ def main(argv=None) -> None:
             a.external,
             staging=staging,
             command=a.command or ("python3 -u" if a.export_dir else None),
+            lr_schedule=a.lr_schedule,
         )
         if a.export_dir:
             print(f"job exported to {export(recipe, a.export_dir)}")

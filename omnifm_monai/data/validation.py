@@ -14,6 +14,7 @@ Validation only reads: it writes no file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,36 @@ def _check_label_map(path: Path, where: str, allowed: set[int] | None) -> None:
         )
 
 
+_VALIDATED: set[tuple] = set()  # fingerprints of datalists whose files were read and passed
+
+
+def _stats(files: list[Path]) -> str:
+    """A digest of the files' resolved paths, sizes and modification times."""
+    digest = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_item(
+    where: str, image_paths: list[Path], label_path: Path | None, expected_channels: int | None, allowed
+) -> None:
+    """Read one item's files: readable, finite, the expected channels, label values declared."""
+    channels = 0
+    for p in image_paths:
+        data, ch = read_image(p)
+        channels += ch
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise DataValidationError(f"{where}: image {p} contains NaN or Inf values.")
+    if expected_channels is not None and channels != expected_channels:
+        raise DataValidationError(
+            f"{where}: image {', '.join(map(str, image_paths))} has {channels} channels, expected {expected_channels}."
+        )
+    if label_path is not None:
+        _check_label_map(label_path, where, allowed)
+
+
 def validate_datalist(
     datalist_path: PathLike,
     task: str,
@@ -154,7 +185,8 @@ def validate_datalist(
         max_items: read at most this many items per split (existence is checked for all).
 
     Returns:
-        ``{"datalist": path, "task": task, "items": {split: n}, "files_read": n}``.
+        ``{"datalist": path, "task": task, "items": {split: n}, "files_read": n}`` (the files checked; they
+        are read once per process while none of them changes).
     """
     if task not in REQUIRED_KEYS:
         raise ValueError(f"task must be one of {sorted(REQUIRED_KEYS)}, got {task!r}.")
@@ -174,7 +206,7 @@ def validate_datalist(
         raise DataValidationError(f"{path}: the 'training' list is missing or empty.")
     base = Path(base_dir) if base_dir is not None else path.parent
     allowed = _label_values(datalist.get("labels"))
-    counts, n_read = {}, 0
+    counts, to_read = {}, []
     for split in SPLITS:
         items = datalist.get(split) or []
         if not isinstance(items, list):
@@ -192,22 +224,18 @@ def validate_datalist(
             if task in ("classification", "vqa"):
                 names = datalist.get("classes" if task == "classification" else "answers")
                 _check_index(item, where, names, "class" if task == "classification" else "answer")
-            if not check_images or (max_items is not None and i >= max_items):
-                continue
-            channels = 0
-            for p in image_paths:
-                data, ch = read_image(p)
-                channels += ch
-                if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-                    raise DataValidationError(f"{where}: image {p} contains NaN or Inf values.")
-            if expected_channels is not None and channels != expected_channels:
-                raise DataValidationError(
-                    f"{where}: image {', '.join(map(str, image_paths))} has {channels} channels, expected {expected_channels}."
-                )
-            if label_path is not None:
-                _check_label_map(label_path, where, allowed)
-            n_read += len(image_paths) + (label_path is not None)
+            if check_images and (max_items is None or i < max_items):
+                to_read.append((where, image_paths, label_path))
         counts[split] = len(items)
+    # every workflow of a site (training, evaluation, each federated round's rebuild) checks the same files:
+    # read them once per process while neither the datalist nor any file changed (size and mtime)
+    files = [path] + [p for _, images, label in to_read for p in (*images, label) if p is not None]
+    fingerprint = (task, str(base.resolve()), expected_channels, max_items, check_images, _stats(files))
+    if fingerprint not in _VALIDATED:
+        for where, image_paths, label_path in to_read:
+            _check_item(where, image_paths, label_path, expected_channels, allowed)
+        _VALIDATED.add(fingerprint)
+    n_read = sum(len(images) + (label is not None) for _, images, label in to_read)
     return {"datalist": str(path), "task": task, "items": counts, "files_read": n_read}
 
 

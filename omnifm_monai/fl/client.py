@@ -85,6 +85,7 @@ class OmniFMClientAlgo(MonaiAlgo):
         self.private_state: dict[str, torch.Tensor] = {}
         self.ctx: SiteContext | None = None
         self._pending_state: dict[str, Any] = {}
+        self.lr_scale = 1.0  # set by the engine each round (engine.round_lr_scale)
 
     # ------------------------------------------------------------------------------ set-up
     def initialize(self, extra: dict | None = None) -> None:
@@ -118,6 +119,7 @@ class OmniFMClientAlgo(MonaiAlgo):
             state=self._pending_state,
         )
         self.trainer.loss_function = _RegularisedLoss(self.trainer.loss_function, self.ctx.loss_terms)
+        self.base_lrs = [group["lr"] for group in self.trainer.optimizer.param_groups]
         self.strategy.setup_site(self.ctx)
 
     @property
@@ -159,6 +161,8 @@ class OmniFMClientAlgo(MonaiAlgo):
         self._load({k: v for k, v in (data.weights or {}).items() if k not in self.private})
         ctx.global_weights = self._shared_state()  # what the diff is taken against
         self.trainer.optimizer.state.clear()  # a fresh local optimiser every round: nothing stale across rounds
+        for group, lr in zip(self.trainer.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = lr * self.lr_scale  # the round's learning rate (engine.round_lr_scale)
         self.strategy.before_training(ctx)
         # MonaiAlgo.train loads data.weights again: give it the state we just loaded (all keys, a no-op)
         current = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}

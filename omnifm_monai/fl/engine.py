@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, Weights, strategy_class, validate_update
 
 __all__ = [
+    "LR_SCHEDULES",
     "aggregate_round",
     "client_round",
     "evaluation_data",
@@ -31,6 +33,7 @@ __all__ = [
     "make_clients",
     "make_strategy",
     "restore_sites",
+    "round_lr_scale",
     "round_seed",
     "site_network",
     "site_states",
@@ -143,6 +146,20 @@ def round_seed(seed: int, *keys: Any) -> int:
     return zlib.crc32(json.dumps([seed, *keys]).encode()) % (2**31)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr_scale(schedule: str, rnd: int, rounds: int) -> float:
+    """The factor on the bundle's learning rate in round ``rnd`` (0-based) of ``rounds``, the same for every
+    site and strategy: ``constant`` 1; ``cosine`` from 1 in the first round down towards 0 (the last round
+    still trains, at a small rate), so that a fixed budget of rounds ends on a flat validation curve."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")
+    if not 0 <= rnd < rounds:
+        raise ValueError(f"round {rnd} is outside 0..{rounds - 1}.")
+    return 1.0 if schedule == "constant" else 0.5 * (1.0 + math.cos(math.pi * rnd / rounds))
+
+
 def client_round(
     client: OmniFMClientAlgo,
     global_weights: Mapping[str, torch.Tensor],
@@ -150,8 +167,11 @@ def client_round(
     seed: int,
     rnd: int,
     index: int,
+    lr_scale: float = 1.0,
 ) -> ClientUpdate:
-    """One site's round, as every engine runs it: reseed, load the global state and payload, train, package the update."""
+    """One site's round, as every engine runs it: reseed, load the global state and payload, train (at
+    ``lr_scale`` times the bundle's learning rate, see :func:`round_lr_scale`), package the update."""
+    client.lr_scale = lr_scale
     torch.manual_seed(round_seed(seed, rnd, index))
     set_rnd(client.trainer.data_loader.dataset, round_seed(seed, rnd, index, "data"))
     data = ExchangeObject(weights=dict(global_weights), weight_type=WeightType.WEIGHTS)

@@ -38,6 +38,7 @@ from .engine import (
     make_clients,
     make_strategy,
     restore_sites,
+    round_lr_scale,
     site_network,
     site_states,
     strategy_overrides,
@@ -145,7 +146,14 @@ def _load_checkpoint(path: Path) -> dict | None:
 
 
 def _train_round(
-    clients, strategy: Strategy, global_weights, server_state, seed: int, rnd: int, min_sites: int
+    clients,
+    strategy: Strategy,
+    global_weights,
+    server_state,
+    seed: int,
+    rnd: int,
+    min_sites: int,
+    lr_scale: float = 1.0,
 ):
     """Every site's round, then the server's; a failing site drops out of this round only. Returns the new
     global weights and server state, the cost rows, and the sites that failed or were rejected."""
@@ -154,7 +162,7 @@ def _train_round(
     for i, (name, client) in enumerate(clients.items()):
         tick = time.perf_counter()
         try:
-            updates.append(client_round(client, global_weights, payload, seed, rnd, i))
+            updates.append(client_round(client, global_weights, payload, seed, rnd, i, lr_scale))
             rows.append((rnd, name, "round", "upload_bytes", float(update_bytes(updates[-1]))))
             train_seconds += client.trainer.state.times.get("COMPLETED") or 0.0  # the trainer's own run time
         except Exception as err:
@@ -207,6 +215,7 @@ def simulate(
     strategy_options: Mapping[str, Any] | None = None,
     init_weights: str | None = None,
     unseen_sites: Sequence[str] | Mapping[str, str] | None = None,
+    lr_schedule: str = "constant",
 ) -> dict[str, Any]:
     """Run (or resume) a federated job in this process; returns the final metrics per site.
 
@@ -231,7 +240,10 @@ def simulate(
         unseen_sites: sites (names under ``reference_dir``, or name -> folder) that never train: after the last
             round they are tested with the global model and a *fresh* private part (the network's initial
             private state: a personalised strategy has nothing personal for a site it has never seen).
+        lr_schedule: the learning rate over rounds, ``constant`` or ``cosine`` (from the bundle's rate down
+            towards 0 at ``rounds``; :func:`~omnifm_monai.fl.engine.round_lr_scale`), for every site alike.
     """
+    round_lr_scale(lr_schedule, 0, max(rounds, 1))  # an unknown schedule fails before anything is built
     bundle_dir, out = Path(bundle), Path(output)
     out.mkdir(parents=True, exist_ok=True)
     task = bundle_task(bundle_dir)
@@ -276,6 +288,8 @@ def simulate(
         "unseen_sites": unseen,
         "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)},
     }
+    if lr_schedule != "constant":  # the schedule spans `rounds`: resuming with another number changes it
+        run_config["lr_schedule"] = {"name": lr_schedule, "rounds": rounds}
     config_file = out / "run.json"
     checkpoint = _load_checkpoint(out / CHECKPOINT)
     if checkpoint is not None:
@@ -319,7 +333,14 @@ def simulate(
     for rnd in range(start, rounds):
         started = time.perf_counter()
         global_weights, server_state, rows, failed, rejected = _train_round(
-            clients, strategy, global_weights, server_state, seed, rnd, min_sites
+            clients,
+            strategy,
+            global_weights,
+            server_state,
+            seed,
+            rnd,
+            min_sites,
+            round_lr_scale(lr_schedule, rnd, rounds),
         )
         rows += _evaluate(clients, strategy, global_weights, server_state, rnd)
         writer.write(rows)

@@ -34,7 +34,14 @@ def default():
     return run.load_suite("default")
 
 
+@pytest.fixture(scope="module")
+def full():
+    return run.load_suite("full")
+
+
 def test_default_suite_covers_every_task_scenario_strategy_and_seed(default):
+    """Every strategy on every task in the headline scenario; the other scenarios with the references
+    (Local, Centralized, FedAvg) and OmniFM; fine-tuning; the image-blind VQA baseline; every ablation."""
     cells = run.expand(default)
     assert len(cells) == len(set(cells))
     assert {"segmentation", "classification", "super_resolution_x2", "vqa"} == set(default["tasks"])
@@ -42,50 +49,71 @@ def test_default_suite_covers_every_task_scenario_strategy_and_seed(default):
     for c in cells:
         seeds[(c.task, c.scenario, c.strategy, c.init)].add(c.seed)
     assert len(default["seeds"]) >= 3
+    all_seeds = set(default["seeds"])
     for task in default["tasks"]:
-        unseen = [f"unseen_site/{s}" for s in default["scenarios"]["unseen_site"]]
-        for scenario in ("cross_modality", "intra_modality", *unseen):
-            left_out = (
-                {"fedbn"} if task.startswith("super_resolution") else set()
-            )  # no norm layers: FedAvg again
-            left_out |= {"local"} if scenario.startswith("unseen_site") else set()  # no global model to test
-            for strategy in REQUIRED - left_out:
-                assert seeds[(task, scenario, strategy, "scratch")] == set(default["seeds"]), (
-                    task,
-                    scenario,
-                    strategy,
-                )
-        assert seeds[(task, "cross_modality", "omnifm", "pretrained")] == set(default["seeds"])
+        left_out = {"fedbn"} if task.startswith("super_resolution") else set()  # no norm layers: FedAvg again
+        for strategy in REQUIRED - left_out:
+            assert seeds[(task, "cross_modality", strategy, "scratch")] == all_seeds, (task, strategy)
+    unseen = [s for s in {c.scenario for c in cells} if s.startswith("unseen_site/")]
+    assert unseen and "intra_modality" in {c.scenario for c in cells}
+    for scenario in ["intra_modality", *unseen]:
+        # Local has no global model to test on an unseen site
+        references = {"centralized", "fedavg", "omnifm"} | (
+            {"local"} if scenario == "intra_modality" else set()
+        )
+        for strategy in references:
+            assert seeds[("segmentation", scenario, strategy, "scratch")] == all_seeds, (scenario, strategy)
     # the image-blind VQA baseline beside every VQA number, and the headline without site-constant questions
-    assert seeds[("vqa", "cross_modality", default["tasks"]["vqa"]["baseline_variant"], "scratch")] == set(
-        default["seeds"]
+    assert (
+        seeds[("vqa", "cross_modality", default["tasks"]["vqa"]["baseline_variant"], "scratch")] == all_seeds
     )
     assert default["tasks"]["vqa"]["metric"] == "acc_site_varying"
-    # every OmniFM part is ablated, and the SPA weight takes at least two values besides the default
-    variants = default["variants"].values()
-    assert ABLATIONS <= {k for v in variants for k, value in v["overrides"].items() if value is False}
-    assert len({v["overrides"]["spa_weight"] for v in variants if "spa_weight" in v["overrides"]}) >= 2
 
 
-def test_pretraining_runs_first_on_other_sites(default):
-    cells = run.expand(default)
+def test_full_suite_adds_fine_tuning_every_ablation_and_every_held_out_site(default, full):
+    cells, default_cells = set(run.expand(full)), set(run.expand(default))
+    keys = {c.key[:4] for c in cells}
+    assert {c.key[:4] for c in default_cells} <= keys  # the default's cells and more
+    seeds = defaultdict(set)
+    for c in cells:
+        seeds[(c.task, c.scenario, c.strategy, c.init)].add(c.seed)
+    for task in full["tasks"]:
+        for strategy in REQUIRED - ({"fedbn"} if task.startswith("super_resolution") else set()):
+            assert seeds[(task, "cross_modality", strategy, "pretrained")] == set(full["seeds"]), (
+                task,
+                strategy,
+            )
+    assert {c.scenario for c in cells if c.scenario.startswith("unseen")} == {
+        f"unseen_site/{s}" for s in full["scenarios"]["unseen_site"]
+    }
+    ablated = {k for v in full["variants"].values() for k, value in v["overrides"].items() if value is False}
+    assert ABLATIONS <= ablated
+    for name, variant in full["variants"].items():
+        if variant["strategy"] == "omnifm":
+            assert seeds[("segmentation", "cross_modality", name, "scratch")] == set(full["seeds"]), name
+
+
+def test_pretraining_runs_first_on_other_sites(full):
+    cells = run.expand(full)
     first_finetune = min(i for i, c in enumerate(cells) if c.init == "pretrained")
     for task in {c.task for c in cells if c.init == "pretrained"}:
-        pre = run.pretraining_cell(default, task)
+        pre = run.pretraining_cell(full, task)
         assert cells.index(pre) < first_finetune
-    pre_sites = set(default["pretraining"]["sites"])
-    assert not pre_sites & set(default["scenarios"]["cross_modality"])  # fine-tuned on sites it never saw
+    pre_sites = set(full["pretraining"]["sites"])
+    assert not pre_sites & set(full["scenarios"]["cross_modality"])  # fine-tuned on sites it never saw
 
 
-def test_every_strategy_gets_the_same_local_budget(default, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["default", "full"])
+def test_every_strategy_gets_the_same_local_budget(name, tmp_path, monkeypatch):
     """Within a task and scenario every strategy trains the same rounds x epochs, batch, image size and sites."""
     import functools
 
+    default = run.load_suite(name)
     import omnifm_monai.fl.bundle as simulator
 
     monkeypatch.setattr(simulator, "bundle_task", functools.lru_cache(simulator.bundle_task))
     tasks = {t: simulator.bundle_task(ROOT / spec["bundle"]) for t, spec in default["tasks"].items()}
-    for sites in (*default["scenarios"].values(), default["pretraining"]["sites"]):
+    for sites in (*default["scenarios"].values(), (default.get("pretraining") or {}).get("sites", [])):
         for task in tasks.values():
             _sites(tmp_path, sites, task)
     budgets = defaultdict(set)
@@ -104,7 +132,8 @@ def _sites(root: Path, names, task="segmentation"):
         (root / "sites" / name / f"{task}.json").write_text("{}")
 
 
-def test_simulate_kwargs_merge_settings_and_point_fine_tuning_at_the_pretrained_weights(default, tmp_path):
+def test_simulate_kwargs_merge_settings_and_point_fine_tuning_at_the_pretrained_weights(full, tmp_path):
+    default = full
     _sites(tmp_path, ["t1", "t2w", "pdw", "flair", "t1_simulated", "real_icbm_t1", "real_colin_t1"])
     cell = run.Cell("segmentation", "cross_modality", "omnifm_no_gskr", "pretrained", 1)
     kw = run.simulate_kwargs(default, cell, tmp_path)
@@ -231,6 +260,16 @@ def test_unseen_site_scenario_rotates_the_held_out_site_and_leaves_local_out(tmp
         suite, run.Cell("segmentation", "unseen_site/b", "fedavg", "scratch", 0), tmp_path
     )
     assert set(kw["sites"]) == {"a", "c"} and set(kw["unseen_sites"]) == {"b"}
+    # or only the named sites held out, each trained on all the others
+    suite["unseen_held_out"] = ["c"]
+    assert {c.scenario for c in run.expand(suite) if c.scenario.startswith("unseen")} == {"unseen_site/c"}
+    kw = run.simulate_kwargs(
+        suite, run.Cell("segmentation", "unseen_site/c", "fedavg", "scratch", 0), tmp_path
+    )
+    assert set(kw["sites"]) == {"a", "b"} and set(kw["unseen_sites"]) == {"c"}
+    suite["unseen_held_out"] = ["d"]
+    with pytest.raises(ValueError, match="unseen_held_out"):
+        run.check_suite(suite, tmp_path / "t.yaml")
 
 
 def test_fedbn_is_left_out_for_a_network_without_normalisation_layers(default):

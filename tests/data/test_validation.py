@@ -172,3 +172,26 @@ def test_label_index_errors(site):
     assert validate_datalist(
         _datalist(site, "vqa.json", answers=["no", "yes"], training=[{**vqa, "label": 1}]), "vqa"
     )
+
+
+def test_files_are_read_once_until_one_changes(site, monkeypatch):
+    """A site's workflows validate the same datalist many times: the files are read once per process, and
+    read again as soon as one of them changes."""
+    import omnifm_monai.data.validation as validation
+
+    reads = []
+    monkeypatch.setattr(validation, "_VALIDATED", set())
+    monkeypatch.setattr(
+        validation, "read_image", lambda p, _read=validation.read_image: reads.append(p) or _read(p)
+    )
+    datalist = site / "datalist.json"
+    validate_datalist(datalist, "segmentation", expected_channels=1)
+    first = len(reads)
+    assert first == 6
+    validate_datalist(datalist, "segmentation", expected_channels=1)
+    assert len(reads) == first  # nothing changed: not read again
+    validate_datalist(datalist, "segmentation", expected_channels=1, max_items=1)
+    assert len(reads) > first  # other arguments: a check of its own
+    nan = np.full((8, 8, 4), np.nan, np.float32)
+    _nii(site / "img0.nii.gz", nan)  # a file changed after it passed: read again, and refused
+    _fails(datalist, "segmentation", "img0.nii.gz", "NaN")

@@ -350,7 +350,7 @@ def test_poc_submission_and_stop_are_retried(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ slow: whole jobs
-def _simulate(tmp, sites_root, strategy, rounds):
+def _simulate(tmp, sites_root, strategy, rounds, **kw):
     simulate(
         BUNDLE,
         strategy,
@@ -359,6 +359,7 @@ def _simulate(tmp, sites_root, strategy, rounds):
         sites={s: str(sites_root / s) for s in SITES},
         overrides=SMALL,
         test=False,
+        **kw,
     )
     with open(tmp / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -387,7 +388,9 @@ def _assert_same_as_simulator(result, checkpoint, rows, strategy):
 def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy, monkeypatch):
     # bit-equality needs the same float summation order: the sites use as many threads as the simulator
     monkeypatch.setenv("OMNIFM_THREADS", str(torch.get_num_threads()))
-    checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, strategy, rounds=2)
+    # the sites take the round's learning rate from NVFlare's round numbers as the simulator does
+    schedule = "cosine" if strategy == "omnifm" else "constant"
+    checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, strategy, rounds=2, lr_schedule=schedule)
     recipe = job.build_recipe(
         BUNDLE,
         strategy,
@@ -396,6 +399,7 @@ def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy, mo
         site_dirs={s: str(reference_sites / s) for s in SITES},
         overrides=SMALL,
         staging=str(tmp_path / "src"),
+        lr_schedule=schedule,
     )
     result_dir = job.run(recipe, SITES, "sim", workspace=str(tmp_path / "ws"))
     result = job.check_result(result_dir, strategy, rounds=2, bundle=BUNDLE, sites=SITES)

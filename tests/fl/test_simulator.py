@@ -25,7 +25,7 @@ def _run(tmp, sites_root, strategy, rounds=1, sites=SITES, **kw):
         rounds=rounds,
         output=str(tmp),
         sites={s: str(sites_root / s) for s in sites},
-        overrides=SMALL,
+        overrides=kw.pop("overrides", SMALL),
         test=kw.pop("test", False),
         **kw,
     )
@@ -238,3 +238,32 @@ def test_omnifm_diagnostics_are_logged_per_round_and_site(reference_sites, tmp_p
             )
             if rnd == "1":
                 assert got["bank_size"] == len(bank["keys"])  # the bank the server merged last
+
+
+class _LearningRateLog(STRATEGIES["fedavg"]):
+    """FedAvg that records, per round and site, the learning rate the site's optimiser trains with."""
+
+    seen: list[tuple[str, float]] = []
+
+    def before_training(self, ctx):
+        self.seen.append((ctx.site, ctx.trainer.optimizer.param_groups[0]["lr"]))
+
+
+def test_cosine_schedule_sets_every_sites_learning_rate_each_round(reference_sites, tmp_path):
+    from omnifm_monai.fl.engine import round_lr_scale
+
+    assert [round_lr_scale("constant", r, 3) for r in range(3)] == [1.0, 1.0, 1.0]
+    scales = [round_lr_scale("cosine", r, 3) for r in range(3)]
+    assert scales[0] == 1.0 and all(a > b > 0 for a, b in zip(scales, scales[1:], strict=False))
+    assert math.isclose(scales[1], 0.75) and math.isclose(scales[2], 0.25)  # (1 + cos(pi r / 3)) / 2
+    with pytest.raises(ValueError, match="lr_schedule"):
+        round_lr_scale("step", 0, 3)
+    _LearningRateLog.seen = []
+    _run(tmp_path / "run", reference_sites, _LearningRateLog(), rounds=3, lr_schedule="cosine",
+         overrides={**SMALL, "learning_rate": 0.002})  # fmt: skip
+    expected = [(site, 0.002 * s) for s in scales for site in SITES]
+    assert [(site, pytest.approx(lr)) for site, lr in _LearningRateLog.seen] == expected
+    # the schedule spans the run's rounds: a resume with another number of rounds is refused
+    with pytest.raises(ValueError, match="another configuration"):
+        _run(tmp_path / "run", reference_sites, _LearningRateLog(), rounds=4, lr_schedule="cosine",
+             overrides={**SMALL, "learning_rate": 0.002})  # fmt: skip
