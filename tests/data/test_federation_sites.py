@@ -39,11 +39,16 @@ META_BY_TASK = {
 
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory):
-    """One training, one validation and two test subjects per site (two test subjects: >= 100 test slices)."""
-    out = tmp_path_factory.mktemp("federation") / "sites"
-    summary = build_federation_sites(
-        out, size=SIZE, seed=SEED, sites=BUILT, train_subjects=1, val_subjects=1, test_subjects=2
+    """The default benchmark suite's subjects per split and slice stride (its test sets are the ones whose
+    sizes the tests check), on a few sites."""
+    import yaml
+
+    suite = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "benchmarks/suites/default.yaml").read_text()
     )
+    split = {k: suite["data"][k] for k in ("train_subjects", "val_subjects", "test_subjects", "slice_stride")}
+    out = tmp_path_factory.mktemp("federation") / "sites"
+    summary = build_federation_sites(out, size=SIZE, seed=SEED, sites=BUILT, **split)
     return out, summary
 
 
@@ -64,7 +69,7 @@ def test_summary_version_and_card(federation):
     on_disk = json.loads((out / "sites.json").read_text())
     assert on_disk["builder_version"] == BUILDER_VERSION == summary["builder_version"]
     args = on_disk["arguments"]
-    assert args["seed"] == SEED and args["test_subjects"] == 2 and args["sites"] == BUILT
+    assert args["seed"] == SEED and args["test_subjects"] >= 2 and args["sites"] == BUILT
     assert (
         set(args["deformation"]) >= {"displacement_mm", "spacing_mm", "steps"} and "noise" in args["realism"]
     )
@@ -149,12 +154,16 @@ def test_every_datalist_passes_the_bundles_check(federation):
         check_datalist(str(out / site / f"{task}.json"), task, base_dir=str(out / site), expected_channels=1)
 
 
-def test_classification_test_sets_are_big(federation):
+def test_classification_and_vqa_test_sets_are_big(federation):
+    """>= 100 classification test slices per simulated site with every class, and >= 100 VQA test questions
+    whose answer is not constant within the site (the VQA headline's items)."""
     out, _ = federation
     for site, task, datalist in _datalists(out):
         if task == "classification" and _virtual(site):
             assert len(datalist["test"]) >= 100, site
             assert {i["label"] for i in datalist["test"]} == {0, 1, 2, 3}
+        if task == "vqa" and _virtual(site):
+            assert sum(not i["site_constant"] for i in datalist["test"]) >= 100, site
 
 
 def test_site_constant_vqa_items_are_marked(federation):
