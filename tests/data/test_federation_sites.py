@@ -112,7 +112,9 @@ def test_subjects_differ_between_sites(federation):
         for s in info["subjects"].values()
         if s["deformation"] != UNDEFORMED
     ]
-    assert len(deformations) == len(set(deformations)) == 4 * sum(map(_virtual, BUILT))
+    args = json.loads((out / "sites.json").read_text())["arguments"]
+    per_site = args["train_subjects"] + args["val_subjects"] + args["test_subjects"]
+    assert len(deformations) == len(set(deformations)) == per_site * sum(map(_virtual, BUILT))
     a, b = (
         json.loads((out / s / "segmentation.json").read_text())["training"] for s in ("t2w", "t1_scanner_a")
     )
