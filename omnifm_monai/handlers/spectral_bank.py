@@ -23,10 +23,12 @@ def site_centroids(
     image_key: str = "image",
     device: torch.device | str | None = None,
     seed: int = 0,
+    min_images_per_centroid: int = 1,
 ) -> torch.Tensor:
     """``Q`` k-means centroids of the spectral tokens of every image in ``data`` (batches of dicts).
 
-    This summary, not per-image tokens, is what a site shares with the bank (bandwidth and privacy).
+    This summary, not per-image tokens, is what a site shares with the bank (bandwidth and privacy); with
+    ``min_images_per_centroid`` > 1 no centroid is the token of fewer images than that.
     """
     was_training = network.training
     network.eval()
@@ -37,7 +39,9 @@ def site_centroids(
     network.train(was_training)
     if not tokens:
         raise ValueError("no images to summarise: the data is empty.")
-    return kmeans_centroids(torch.cat(tokens), num_centroids, seed=seed)
+    return kmeans_centroids(
+        torch.cat(tokens), num_centroids, seed=seed, min_cluster_size=min_images_per_centroid
+    )
 
 
 class SpectralBankRefresh:

@@ -1,3 +1,3 @@
-from .spa import OmniFMLoss, SpectralProximalAlignmentLoss
+from .spa import OmniFMLoss, SpectralProximalAlignmentLoss, token_spread
 
-__all__ = ["OmniFMLoss", "SpectralProximalAlignmentLoss"]
+__all__ = ["OmniFMLoss", "SpectralProximalAlignmentLoss", "token_spread"]

@@ -26,7 +26,16 @@ REQUIRED = {
     "harmofl",
     "omnifm",
 }
-ABLATIONS = {"use_gskr", "use_ecaf", "use_prefix", "use_suffix", "use_spa"}
+ABLATIONS = {
+    "use_gskr",
+    "use_ecaf",
+    "use_prefix",
+    "use_suffix",
+    "use_spa",
+    "network_def#private_norms",
+    "network_def#private_gate",
+    "network_def#suffix_film",
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +95,23 @@ def test_full_suite_adds_fine_tuning_every_ablation_and_every_held_out_site(defa
     assert {c.scenario for c in cells if c.scenario.startswith("unseen")} == {
         f"unseen_site/{s}" for s in full["scenarios"]["unseen_site"]
     }
-    ablated = {k for v in full["variants"].values() for k, value in v["overrides"].items() if value is False}
+    ablated = {
+        k
+        for v in full["variants"].values()
+        for k, value in (v.get("overrides") or {}).items()
+        if value is False
+    }
     assert ABLATIONS <= ablated
     for name, variant in full["variants"].items():
-        if variant["strategy"] == "omnifm":
-            assert seeds[("segmentation", "cross_modality", name, "scratch")] == set(full["seeds"]), name
+        if variant["strategy"] != "omnifm":
+            continue
+        # onboarding only acts on a site that never trained
+        scenarios = (
+            full["scenarios"]["unseen_site"] if "onboarding" in (variant.get("options") or {}) else [None]
+        )
+        for scenario in scenarios:
+            scenario = f"unseen_site/{scenario}" if scenario else "cross_modality"
+            assert seeds[("segmentation", scenario, name, "scratch")] == set(full["seeds"]), name
 
 
 def test_pretraining_runs_first_on_other_sites(full):

@@ -220,6 +220,8 @@ def test_every_strategy_is_registered_with_a_documented_rule():
 
 def test_omnifm_site_hooks_load_the_servers_bank_and_can_exclude_the_sites_own_entries():
     """The client hooks alone, without an engine: a SiteContext around an OmniFM network."""
+    from types import SimpleNamespace
+
     from omnifm_monai.fl.strategies import SiteContext
 
     net = OmniFMResNet(
@@ -255,8 +257,8 @@ def test_omnifm_site_hooks_load_the_servers_bank_and_can_exclude_the_sites_own_e
     ctx = SiteContext(
         site="a",
         network=net,
-        trainer=None,
-        workflow=None,
+        trainer=SimpleNamespace(state=SimpleNamespace(device="cpu")),
+        workflow=SimpleNamespace(bank_dataloader=[{"image": torch.rand(8, 1, 32, 32)}]),
         private_keys=s.private_keys(net),
         payload=s.server_payload(state),
     )
@@ -318,3 +320,91 @@ def test_harmofl_step_takes_the_gradient_at_the_perturbed_weights():
     loss_fn(reference(x), y).backward()
     for p, r, w in zip(net.parameters(), reference.parameters(), w0, strict=True):
         assert torch.allclose(p.grad, r.grad, atol=1e-6) and torch.equal(p.detach(), w)
+
+
+def test_harmofl_normalises_a_metatensor_batch_that_postprocessing_can_still_extend():
+    """The pre-hook replaces each image's low-frequency amplitude by the site's mean and keeps the batch a
+    MetaTensor whose transforms can still be tracked (the super-resolution evaluator's ``Lambdad``)."""
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor, decollate_batch, list_data_collate
+    from monai.transforms import Flip, Lambdad
+
+    from omnifm_monai.fl.strategies import SiteContext
+    from omnifm_monai.transforms import AmplitudeNormalize, amplitude_bank
+
+    torch.manual_seed(0)
+    items = [{"image": Flip(0)(MetaTensor(torch.rand(1, 16, 16) * (i + 1)))} for i in range(4)]  # tracked
+    batch = list_data_collate(items)
+    net = torch.nn.Identity()
+    trainer = SimpleNamespace(add_event_handler=lambda *a, **k: None, data_loader=[batch])
+    ctx = SiteContext(
+        site="a",
+        network=net,
+        trainer=trainer,
+        workflow=SimpleNamespace(bank_dataloader=[batch]),
+        private_keys=set(),
+    )
+    strategy = get_strategy("harmofl", beta=0.2)
+    strategy.setup_site(ctx)
+    strategy.prepare_evaluation(ctx, {})
+    out = net(batch["image"])
+    mean = torch.as_tensor(amplitude_bank([x for x in batch["image"]])).mean(0)
+    expected = torch.stack([AmplitudeNormalize(mean, beta=0.2)(x) for x in batch["image"].as_tensor()])
+    assert torch.allclose(out.as_tensor(), expected)
+    assert not torch.allclose(out.as_tensor(), batch["image"].as_tensor())
+    for item in decollate_batch({"pred": out}):
+        Lambdad(keys="pred", func=lambda x: x * 2)(item)  # failed with a stacked MetaTensor batch
+
+
+def _omnifm_site(site, net, strategy, images, payload=None):
+    from types import SimpleNamespace
+
+    from omnifm_monai.fl.strategies import SiteContext
+
+    return SiteContext(
+        site=site,
+        network=net,
+        trainer=SimpleNamespace(state=SimpleNamespace(device="cpu")),
+        workflow=SimpleNamespace(bank_dataloader=[{"image": images}], datalist_meta={"modality": "T1"}),
+        private_keys=strategy.private_keys(net),
+        payload=payload or {},
+    )
+
+
+def test_omnifm_uploads_keys_of_the_aggregated_tokenizer_and_onboards_a_new_site_with_the_mean_personal_state():
+    from omnifm_monai.handlers import site_centroids
+
+    torch.manual_seed(0)
+    net = OmniFMResNet(
+        2, 1, 3, channels=(8, 16, 16, 16), spectral_dim=16, tokenizer_grid=8, modalities=["T1"]
+    )
+    s = get_strategy("omnifm", sites=["a", "b"], num_centroids=4, **net.bank.settings())
+    images = torch.rand(16, 1, 32, 32)
+    ctx = _omnifm_site("a", net, s, images)
+    s.setup_site(ctx)
+    s.before_training(ctx)  # the global (aggregated) tokenizer is loaded
+    expected = site_centroids(net, [{"image": images}], 4, min_images_per_centroid=4)
+    with torch.no_grad():  # local training moves the tokenizer; the uploaded keys stay the aggregated one's
+        net.tokenizer.filter.mul_(3.0)
+        net.private_gate.alpha.fill_(0.7)
+    extra = s.upload(ctx, {}, 1)
+    assert torch.equal(extra["bank_keys"], expected) and extra["bank_keys"].shape[0] <= 16 // 4
+    assert set(extra["personal"]) == {k for k in s.private_keys(net) if not k.startswith("bank.")}
+    other = {k: v + 1 for k, v in extra["personal"].items()}
+    shared = {k: v for k, v in net.state_dict().items() if k not in s.private_keys(net)}
+    ups = [
+        ClientUpdate("a", shared, 30, extra=extra),
+        ClientUpdate("b", shared, 10, extra={**extra, "personal": other}),
+    ]
+    _, state = s.aggregate(shared, ups, s.init_state(shared))
+    mean = state["onboarding"]
+    assert torch.allclose(mean["private_gate.alpha"], torch.tensor([0.7 + 0.25]))
+    # a site that never trained evaluates with the mean; a trained site keeps its own
+    fresh = OmniFMResNet(
+        2, 1, 3, channels=(8, 16, 16, 16), spectral_dim=16, tokenizer_grid=8, modalities=["T1"]
+    )
+    s.prepare_evaluation(_omnifm_site("new", fresh, s, images), s.server_payload(state))
+    assert all(torch.allclose(fresh.state_dict()[k], v) for k, v in mean.items())
+    s.prepare_evaluation(ctx, s.server_payload(state))
+    assert float(net.private_gate.alpha.detach()) == pytest.approx(0.7)

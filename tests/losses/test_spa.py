@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from monai.engines import SupervisedTrainer
 
-from omnifm_monai.losses import OmniFMLoss, SpectralProximalAlignmentLoss
+from omnifm_monai.losses import OmniFMLoss, SpectralProximalAlignmentLoss, token_spread
 from omnifm_monai.networks import OmniFMResNet
-from omnifm_monai.networks.blocks import kmeans_centroids
+from omnifm_monai.networks.blocks import SpectralTokenizer, kmeans_centroids
 
 
 def test_spa_matches_reference_and_cosine_identity():
@@ -76,3 +76,37 @@ def test_omnifm_trains_with_monais_supervised_trainer():
     assert torch.isfinite(torch.tensor(trainer.state.output[0]["loss"]))
     assert not torch.equal(tokenizer_before, net.tokenizer.filter)  # SPA and fusion train the tokenizer
     assert net.bank.hits.sum() == 3 * 2 * 16  # epochs x k x samples retrieved in training mode
+
+
+@pytest.mark.parametrize("spread_weight", [0.0, 10.0])
+def test_spa_training_keeps_the_token_spread_above_its_floor_only_with_the_anti_collapse_term(
+    reference_slices, spread_weight
+):
+    """SPA alone pulls every token to the retrieved prior (one token for all images); the anti-collapse term
+    keeps the batch's spread above its floor while SPA still pulls towards the prior."""
+    images, _ = reference_slices
+    torch.manual_seed(0)
+    tok = SpectralTokenizer(2, 1, 32, beta=0.15, num_tokens=4, standardize=False)
+    with torch.no_grad():
+        prior = tok(images[:8]).mean(1)[None].expand(len(images), -1, -1)  # k = 8 retrieved prototypes
+        start = float(token_spread(tok(images)))
+    loss = SpectralProximalAlignmentLoss(spread_weight=spread_weight, spread_floor=0.05)
+    optimizer = torch.optim.Adam(tok.parameters(), 1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss(tok(images), prior).backward()
+        optimizer.step()
+    with torch.no_grad():
+        end = float(token_spread(tok(images)))
+    if spread_weight == 0:
+        assert end < min(0.01, start / 2), (start, end)  # collapsed
+    else:
+        assert end >= 0.05 * 0.9, (start, end)  # held at the floor (within a tenth of it)
+
+
+def test_token_spread_matches_the_pairwise_cosine_reference():
+    tokens = torch.randn(7, 16)
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    pairs = [float(unit[i] @ unit[j]) for i in range(7) for j in range(7) if i != j]
+    assert abs(float(token_spread(tokens)) - (1 - sum(pairs) / len(pairs))) < 1e-5
+    assert float(token_spread(tokens[:1])) == 0.0 and float(token_spread(tokens[:1].expand(5, -1))) < 1e-6

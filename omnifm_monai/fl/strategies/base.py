@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from omnifm_monai.networks.nets.omnifm import NORM_TYPES
+
 __all__ = [
     "ClientUpdate",
     "SiteContext",
@@ -48,7 +50,6 @@ __all__ = [
 ]
 
 Weights = dict[str, torch.Tensor]
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 @dataclass

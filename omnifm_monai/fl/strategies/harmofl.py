@@ -46,7 +46,13 @@ class HarmoFL(Strategy):
                 norm = module._harmofl_active[0]
                 if norm is None:
                     return None
-                return (torch.stack([norm(x) for x in args[0]]), *args[1:])
+                images = args[0]
+                # normalised as plain tensors, written into a copy of the batch: a MetaTensor batch keeps its
+                # own metadata (stacking per-image MetaTensors leaves a batch that postprocessing cannot extend)
+                out = images.clone()
+                with torch.no_grad():
+                    out.copy_(torch.stack([norm(x) for x in images.as_subclass(torch.Tensor)]))
+                return (out, *args[1:])
 
             network.register_forward_pre_hook(normalise)
         ctx.trainer.add_event_handler(

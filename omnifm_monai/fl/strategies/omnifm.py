@@ -6,24 +6,34 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.networks.utils import eval_mode
 
 from omnifm_monai.handlers import site_centroids
+from omnifm_monai.losses import token_spread
 from omnifm_monai.networks.blocks import SpectralKnowledgeBank
+from omnifm_monai.networks.nets.omnifm import module_state_keys
 
-from .base import Strategy
+from .base import Strategy, weighted_average
 
 __all__ = ["OmniFMStrategy"]
 
 
 class OmniFMStrategy(Strategy):
-    """OmniFM: weighted average of the shared weights (the private suffix and the bank excluded) and the
+    """OmniFM: weighted average of the shared weights (the private suffix, gate and bank excluded) and the
     spectral knowledge bank merged and pruned on the server (never averaged).
 
-    Each update's ``extra`` carries ``bank_keys (Q, d)`` (k-means centroids of the site's spectral tokens),
-    ``modality`` and ``bank_hits`` (retrievals per bank slot this round). ``sites`` fixes the site ids; the
-    bank's size, dimension, modalities and hit decay are the network's (:meth:`resolve_options`).
+    Each update's ``extra`` carries ``bank_keys (Q, d)`` (k-means centroids of the site's spectral tokens,
+    computed at the start of the round with the tokenizer the server just aggregated, so every site's keys
+    and every query come from one tokenizer), ``modality`` and ``bank_hits`` (retrievals per bank slot this
+    round); ``min_images_per_centroid`` keeps any centroid from being one image's token. ``sites`` fixes the
+    site ids; the bank's size, dimension, modalities and hit decay are the network's
+    (:meth:`resolve_options`).
+
+    Onboarding a site that never trained (``onboarding``): it has no suffix, gate or norms of its own, and
+    starting from their initial values breaks a network trained with personal ones. Sites therefore also
+    send their private parameters (the bank excluded) as ``personal``; the server keeps only their
+    sample-weighted mean and sends it with the model, and a site that never trained evaluates with it
+    (the rule for its suffix: the federation's mean suffix). Trained sites never load it.
     """
 
     name = "omnifm"
@@ -37,10 +47,18 @@ class OmniFMStrategy(Strategy):
         modalities: Sequence[str] = (),
         num_centroids: int = 16,
         hit_decay: float = 0.9,
+        min_images_per_centroid: int = 4,
+        onboarding: bool = True,
         **options: Any,
     ) -> None:
-        super().__init__(num_centroids=num_centroids, **options)
-        self.num_centroids = num_centroids
+        super().__init__(
+            num_centroids=num_centroids,
+            min_images_per_centroid=min_images_per_centroid,
+            onboarding=onboarding,
+            **options,
+        )
+        self.num_centroids, self.min_images_per_centroid = num_centroids, min_images_per_centroid
+        self.onboarding = onboarding
         self.sites, self.bank_config = (
             list(sites),
             dict(embed_dim=embed_dim, capacity=capacity, modalities=list(modalities), hit_decay=hit_decay),
@@ -50,6 +68,12 @@ class OmniFMStrategy(Strategy):
     def resolve_options(cls, network, sites):
         bank = getattr(network, "bank", None)
         return {"sites": list(sites), **(bank.settings() if bank is not None else {})}
+
+    def _personal_keys(self, ctx) -> list[str]:
+        """The private keys that make a site's model its own (the bank is a copy of the server's)."""
+        bank = getattr(ctx.network, "bank", None)
+        bank_keys = module_state_keys(ctx.network, [bank]) if bank is not None else set()
+        return sorted(k for k in ctx.private_keys if k not in bank_keys)
 
     def site_id(self, site: str) -> int:
         if site not in self.sites:
@@ -67,7 +91,10 @@ class OmniFMStrategy(Strategy):
         return {"bank": self._bank(None).to_tensors()}
 
     def server_payload(self, state):
-        return {"bank": state["bank"]}
+        return {
+            "bank": state["bank"],
+            **({"onboarding": state["onboarding"]} if "onboarding" in state else {}),
+        }
 
     def aggregate(self, global_weights, updates, state):
         new, _ = super().aggregate(global_weights, updates, state)
@@ -83,7 +110,15 @@ class OmniFMStrategy(Strategy):
             if u.extra.get("bank_keys") is not None
         ]
         bank.merge(uploads, hit_counts=hit_counts)
-        return new, {**state, "bank": bank.to_tensors()}
+        out = {**state, "bank": bank.to_tensors()}
+        personal = [
+            (u.extra["personal"], u.num_samples)
+            for u in updates
+            if u.extra.get("personal") and all(torch.isfinite(v).all() for v in u.extra["personal"].values())
+        ]
+        if personal:
+            out["onboarding"] = weighted_average(*zip(*personal, strict=True))
+        return new, out
 
     def artifacts(self, state):
         return {"bank.pt": state["bank"]}
@@ -101,23 +136,39 @@ class OmniFMStrategy(Strategy):
                 bank.load_tensors(payload["bank"])
 
     def before_training(self, ctx):
+        ctx.state["trained"] = True
         self._use_payload_bank(ctx, ctx.payload)
         if getattr(ctx.network, "bank", None) is not None:
             ctx.state["hits_at_start"] = ctx.network.bank.hits.clone()
+            # the keys this round uploads: from the aggregated tokenizer, the one every site starts from
+            loader = ctx.workflow.bank_dataloader or ctx.trainer.data_loader
+            ctx.runtime["bank_keys"] = site_centroids(
+                ctx.network,
+                loader,
+                self.num_centroids,
+                device=ctx.device,
+                min_images_per_centroid=self.min_images_per_centroid,
+            )
 
     def prepare_evaluation(self, ctx, payload):
         self._use_payload_bank(ctx, payload)  # evaluate with the bank the server just merged
+        if self.onboarding and not ctx.state.get("trained") and payload.get("onboarding"):
+            ctx.load(payload["onboarding"])  # a site that never trained: the federation's mean personal state
 
     def upload(self, ctx, local, iterations):
         bank = getattr(ctx.network, "bank", None)
         if bank is None:
             return {}
-        loader = ctx.workflow.bank_dataloader or ctx.trainer.data_loader
         start = ctx.state.get("hits_at_start", torch.zeros_like(bank.hits))
+        state = ctx.network.state_dict()
+        personal = (
+            {k: state[k].detach().cpu().clone() for k in self._personal_keys(ctx)} if self.onboarding else {}
+        )
         return {
-            "bank_keys": site_centroids(ctx.network, loader, self.num_centroids, device=ctx.device),
+            "bank_keys": ctx.runtime["bank_keys"],
             "modality": ctx.workflow.datalist_meta["modality"],
             "bank_hits": (bank.hits - start)[: len(bank)].cpu(),
+            **({"personal": personal} if personal else {}),
         }
 
     @torch.no_grad()
@@ -133,11 +184,8 @@ class OmniFMStrategy(Strategy):
         loader = ctx.workflow.bank_dataloader or ctx.trainer.data_loader
         with eval_mode(network):  # eval: retrieval counts no hits
             tokens = torch.cat([network.spectral_tokens(b["image"].to(ctx.device)).mean(1) for b in loader])
-            unit = F.normalize(tokens, dim=-1)
-            n = len(unit)
-            if n > 1:
-                cosine = (unit @ unit.T).sum() - n  # off-diagonal pairs
-                out["token_spread"] = float(1 - cosine / (n * (n - 1)))
+            if len(tokens) > 1:
+                out["token_spread"] = float(token_spread(tokens))
             bank = getattr(network, "bank", None)
             if bank is not None:
                 out["bank_size"] = float(len(bank))

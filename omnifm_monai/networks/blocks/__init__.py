@@ -1,3 +1,4 @@
+from .film import SuffixFiLM
 from .fusion import CrossAttentionFusion
 from .gate import ZeroGate
 from .knowledge_bank import SpectralKnowledgeBank, kmeans_centroids
@@ -10,6 +11,7 @@ __all__ = [
     "PrefixSuffixPrompt",
     "SpectralKnowledgeBank",
     "SpectralTokenizer",
+    "SuffixFiLM",
     "ZeroGate",
     "is_private",
     "kmeans_centroids",

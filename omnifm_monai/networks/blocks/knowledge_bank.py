@@ -14,15 +14,23 @@ BANK_FIELDS = ("keys", "site", "modality", "hits", "age")
 
 
 def kmeans_centroids(
-    tokens: torch.Tensor, num_centroids: int, iterations: int = 20, seed: int = 0
+    tokens: torch.Tensor,
+    num_centroids: int,
+    iterations: int = 20,
+    seed: int = 0,
+    min_cluster_size: int = 1,
 ) -> torch.Tensor:
     """Unit-norm k-means (spherical) centroids of ``tokens (N, d)``: what a site uploads instead of its tokens.
 
-    Deterministic for a fixed ``seed`` (k-means++ style seeding from a private generator).
-    Returns ``(min(num_centroids, N), d)``.
+    Deterministic for a fixed ``seed`` (k-means++ style seeding from a private generator). With
+    ``min_cluster_size`` m > 1 every returned centroid is the mean of at least m tokens (at most N // m
+    centroids; a smaller cluster is dissolved into its neighbours), so no uploaded centroid is one image's
+    token. Returns ``(q, d)`` with ``q <= min(num_centroids, N // min_cluster_size)`` (at least 1).
     """
+    if min_cluster_size < 1:
+        raise ValueError(f"min_cluster_size must be >= 1, got {min_cluster_size}.")
     tokens = F.normalize(tokens.detach().float().reshape(-1, tokens.shape[-1]), dim=-1)
-    q = min(num_centroids, tokens.shape[0])
+    q = max(1, min(num_centroids, tokens.shape[0] // min_cluster_size))
     gen = torch.Generator().manual_seed(seed)
     centroids = tokens[torch.randint(tokens.shape[0], (1,), generator=gen)]
     while centroids.shape[0] < q:  # k-means++: sample far points with probability ~ distance^2
@@ -30,11 +38,26 @@ def kmeans_centroids(
         if dist.sum() <= 0:
             dist = torch.ones_like(dist)
         centroids = torch.cat([centroids, tokens[torch.multinomial(dist, 1, generator=gen)]])
-    for _ in range(iterations):
+
+    def lloyd(centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assign = (tokens @ centroids.T).argmax(dim=1)
         sums = torch.zeros_like(centroids).index_add_(0, assign, tokens)
         empty = sums.norm(dim=1) == 0
-        centroids = torch.where(empty[:, None], centroids, F.normalize(sums, dim=-1))
+        return torch.where(empty[:, None], centroids, F.normalize(sums, dim=-1)), assign
+
+    for _ in range(iterations):
+        centroids, assign = lloyd(centroids)
+    if min_cluster_size > 1:
+        while True:
+            assign = (tokens @ centroids.T).argmax(dim=1)
+            sizes = torch.bincount(assign, minlength=len(centroids))
+            if len(centroids) == 1 or sizes.min() >= min_cluster_size:
+                break
+            keep = torch.ones(len(centroids), dtype=torch.bool)
+            keep[sizes.argmin()] = False  # dissolve the smallest cluster, re-fit the rest
+            centroids, _ = lloyd(centroids[keep])
+        if len(centroids) == 1:  # one cluster: the mean of every token
+            centroids = F.normalize(tokens.mean(0, keepdim=True), dim=-1)
     return centroids
 
 

@@ -22,7 +22,8 @@ class PrefixSuffixPrompt(nn.Module):
 
     The prefix compresses the fused prior ``Z`` to ``num_prefix_tokens`` tokens by attention pooling with
     learnable queries; the suffix ``c`` is one learnable token per site (``private_suffix``, N(0, 0.02^2)),
-    excluded from aggregation by :func:`is_private`. Segment-type embeddings mark the three parts.
+    excluded from aggregation by :func:`is_private`; ``num_suffix_tokens`` > 1 gives a site more private capacity
+    (their outputs are averaged). Segment-type embeddings mark the three parts.
 
     Args:
         embed_dim: token size ``d``.
@@ -32,9 +33,10 @@ class PrefixSuffixPrompt(nn.Module):
         mlp_ratio: MLP width relative to ``d``.
         use_prefix: include the prefix (else ``Z`` is ignored).
         use_suffix: include the private suffix.
+        num_suffix_tokens: private suffix tokens ``m_c``.
 
     Returns ``(delta_r, c_out)``: the update of the backbone positions ``(B, L, d)`` (output minus input)
-    and the suffix output ``(B, d)`` (``None`` without suffix).
+    and the suffix output ``(B, d)``, the mean of the suffix tokens' outputs (``None`` without suffix).
     """
 
     def __init__(
@@ -46,16 +48,20 @@ class PrefixSuffixPrompt(nn.Module):
         mlp_ratio: float = 2.0,
         use_prefix: bool = True,
         use_suffix: bool = True,
+        num_suffix_tokens: int = 1,
     ) -> None:
         super().__init__()
         if not (use_prefix or use_suffix):
             raise ValueError("PrefixSuffixPrompt needs the prefix, the suffix or both.")
+        if num_suffix_tokens < 1:
+            raise ValueError(f"num_suffix_tokens must be >= 1, got {num_suffix_tokens}.")
         self.use_prefix, self.use_suffix = use_prefix, use_suffix
+        self.num_suffix = num_suffix_tokens if use_suffix else 0
         if use_prefix:
             self.prefix_queries = nn.Parameter(torch.randn(1, num_prefix_tokens, embed_dim) * 0.02)
             self.prefix_pool = CrossAttentionBlock(embed_dim, num_heads)
         if use_suffix:
-            self.private_suffix = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
+            self.private_suffix = nn.Parameter(torch.randn(1, num_suffix_tokens, embed_dim) * 0.02)
         self.segment = nn.Parameter(torch.zeros(3, embed_dim))  # prefix / backbone / suffix
         self.layers = nn.Sequential(
             *[TransformerBlock(embed_dim, int(embed_dim * mlp_ratio), num_heads) for _ in range(num_layers)]
@@ -74,6 +80,6 @@ class PrefixSuffixPrompt(nn.Module):
         if self.use_suffix:
             parts.append(self.private_suffix.expand(b, -1, -1) + self.segment[2])
         out = self.layers(torch.cat(parts, dim=1))
-        start = out.shape[1] - length - int(self.use_suffix)
+        start = out.shape[1] - length - self.num_suffix
         delta = out[:, start : start + length] - tokens
-        return delta, (out[:, -1] if self.use_suffix else None)
+        return delta, (out[:, out.shape[1] - self.num_suffix :].mean(1) if self.use_suffix else None)

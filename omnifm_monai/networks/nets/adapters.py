@@ -3,9 +3,11 @@
 An adapter is a stateless class with a ``head`` attribute (names of the backbone's task-head modules) and
 three static methods:
 ``token_dim(backbone)``, ``encode(backbone, x, *args) -> (tokens (B, L, d), state)`` and
-``decode(backbone, tokens, state, suffix) -> output``, where ``suffix (B, d)`` (or ``None``) is the gated
-private-suffix output. ``decode(encode(x))`` must compute exactly ``backbone(x)`` when tokens are unchanged
-and ``suffix`` is ``None``.
+``decode(backbone, tokens, state, suffix, film=None) -> output``, where ``suffix (B, d)`` (or ``None``) is the
+gated private-suffix output. An adapter whose decoder has levels to modulate also has
+``film_channels(backbone)`` (channels of each level, bottleneck first); ``film`` is then one ``(scale, shift)``
+pair per level (:class:`~omnifm_monai.networks.blocks.SuffixFiLM`). ``decode(encode(x))`` must compute exactly
+``backbone(x)`` when tokens are unchanged and ``suffix`` and ``film`` are ``None``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import torch
 from monai.networks.nets import BasicUNet, ResNet
 from torch import nn
+
+from omnifm_monai.networks.blocks import SuffixFiLM
 
 from .vqa import VQANet
 
@@ -48,7 +52,7 @@ class ResNetAdapter:
 
     @staticmethod
     def decode(
-        backbone: ResNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None
+        backbone: ResNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None, film=None
     ) -> torch.Tensor:
         x = backbone.avgpool(_from_tokens(tokens, state)).flatten(1)
         if suffix is not None:
@@ -57,13 +61,19 @@ class ResNetAdapter:
 
 
 class BasicUNetAdapter:
-    """MONAI ``BasicUNet``: tokens are the bottleneck positions; skips are unchanged."""
+    """MONAI ``BasicUNet``: tokens are the bottleneck positions; skips are unchanged; FiLM at the bottleneck and
+    after every up-sampling block."""
 
     head = ("final_conv",)
 
     @staticmethod
     def token_dim(backbone: BasicUNet) -> int:
         return backbone.down_4.convs.conv_1.conv.out_channels
+
+    @staticmethod
+    def film_channels(backbone: BasicUNet) -> list[int]:
+        ups = [backbone.upcat_4, backbone.upcat_3, backbone.upcat_2, backbone.upcat_1]
+        return [BasicUNetAdapter.token_dim(backbone)] + [u.convs.conv_1.conv.out_channels for u in ups]
 
     @staticmethod
     def encode(backbone: BasicUNet, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -76,11 +86,20 @@ class BasicUNetAdapter:
 
     @staticmethod
     def decode(
-        backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None
+        backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None, film=None
     ) -> torch.Tensor:
         shape, (x0, x1, x2, x3) = state
-        u = backbone.upcat_4(_from_tokens(tokens, shape), x3)
-        u = backbone.upcat_1(backbone.upcat_2(backbone.upcat_3(u, x2), x1), x0)
+        film = film or [None] * 5
+        u = SuffixFiLM.apply(_from_tokens(tokens, shape), film[0])
+        for level, (up, skip) in enumerate(
+            zip(
+                [backbone.upcat_4, backbone.upcat_3, backbone.upcat_2, backbone.upcat_1],
+                [x3, x2, x1, x0],
+                strict=True,
+            ),
+            1,
+        ):
+            u = SuffixFiLM.apply(up(u, skip), film[level])
         return backbone.final_conv(u)
 
 
@@ -99,7 +118,7 @@ class VQANetAdapter:
 
     @staticmethod
     def decode(
-        backbone: VQANet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None
+        backbone: VQANet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None, film=None
     ) -> torch.Tensor:
         return backbone.answer(tokens, state, extra=suffix)
 

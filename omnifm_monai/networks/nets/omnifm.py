@@ -15,6 +15,7 @@ from omnifm_monai.networks.blocks import (
     PrefixSuffixPrompt,
     SpectralKnowledgeBank,
     SpectralTokenizer,
+    SuffixFiLM,
     ZeroGate,
     is_private,
 )
@@ -22,7 +23,10 @@ from omnifm_monai.networks.blocks import (
 from .adapters import adapter_for
 from .vqa import VQANet
 
-__all__ = ["OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA", "module_state_keys"]
+__all__ = ["NORM_TYPES", "OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA", "module_state_keys"]
+
+#: normalisation layers (their weights and statistics): FedBN's private part, and OmniFM's with ``private_norms``
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def module_state_keys(root: nn.Module, modules: Sequence[nn.Module]) -> set[str]:
@@ -46,7 +50,8 @@ class OmniFM(nn.Module):
         Z = ECAF(r, context)                       # (B, L, d)                        [use_ecaf]
         delta_r, c = PSP([prefix(Z) || r || c_i])  # private suffix c_i               [use_prefix / use_suffix]
         r' = r + tanh(alpha) * delta_r             # alpha = 0 at init: r' = r
-        out = decode(r', suffix=tanh(alpha) * c)
+        out = decode(r', suffix=tanh(alpha) * c,   # private_gate: alpha is the site's own
+                     film=FiLM(c))                 # UNets: every decoder level, zero-initialised [suffix_film]
 
     Without ECAF, ``Z`` is the context projected to ``d``; without PSP, ``delta_r = Z`` (broadcast over
     positions when it is not per-position). With every part off, the tokenizer is not built and the
@@ -63,6 +68,10 @@ class OmniFM(nn.Module):
         beta: low-pass ratio of the spectral window.
         tokenizer_grid: bins per axis of the resampled window.
         tokenizer_patch: patch edge of the tokenizer.
+        tokenizer_tokens: spectral tokens per image ``m`` (patch tokens pooled to ``m``).
+        tokenizer_standardize: standardise the spectral window per sample (drops its level, which tells
+            contrasts apart: off by default).
+        tokenizer_moments: add the image's intensity moments to the tokens (sees contrast polarity).
         bank_capacity: ``N_max`` prototypes.
         top_k: prototypes retrieved per image.
         exclude_own_site: retrieve only other sites' prototypes (the federation sets the bank's ``local_site``).
@@ -70,6 +79,13 @@ class OmniFM(nn.Module):
         num_heads: heads of ECAF and PSP.
         prefix_tokens: prefix length.
         prompt_layers: shared transformer layers of PSP.
+        suffix_tokens: private suffix tokens per site.
+        private_gate: the output gate is the site's own (``private_gate``, never averaged: sites' gates
+            take opposite signs, and an averaged gate stays near 0) instead of a shared ``gate``.
+        private_norms: the backbone's normalisation layers are the site's own too (as in FedBN; ignored when
+            every part is off, so the baselines' plain backbone keeps shared norms).
+        suffix_film: FiLM from the suffix output at every decoder level, for adapters that have levels
+            (``film_channels``; UNets). Ungated and zero-initialised.
         use_gskr, use_ecaf, use_prefix, use_suffix, use_spa: switch each part on or off.
         gate_init: initial ``alpha`` of the output gate (0: the backbone's function).
 
@@ -88,16 +104,23 @@ class OmniFM(nn.Module):
         in_channels: int,
         adapter: type | str | None = None,
         spectral_dim: int = 128,
-        beta: float = 0.1,
+        beta: float = 0.15,
         tokenizer_grid: int = 16,
         tokenizer_patch: int = 4,
-        bank_capacity: int = 256,
+        tokenizer_tokens: int = 4,
+        tokenizer_standardize: bool = False,
+        tokenizer_moments: bool = False,
+        bank_capacity: int = 64,
         top_k: int = 8,
         exclude_own_site: bool = False,
         modalities: Sequence[str] = (),
         num_heads: int = 4,
         prefix_tokens: int = 4,
         prompt_layers: int = 1,
+        suffix_tokens: int = 4,
+        private_gate: bool = True,
+        private_norms: bool = False,
+        suffix_film: bool = True,
         use_gskr: bool = True,
         use_ecaf: bool = True,
         use_prefix: bool = True,
@@ -115,9 +138,20 @@ class OmniFM(nn.Module):
         self.adapter = adapter or adapter_for(backbone)
         dim = self.adapter.token_dim(backbone)
         self.use_spa = use_spa
+        self.private_norms = private_norms
         fuses = use_ecaf or use_prefix or use_suffix
         self.tokenizer = (
-            SpectralTokenizer(spatial_dims, in_channels, spectral_dim, beta, tokenizer_grid, tokenizer_patch)
+            SpectralTokenizer(
+                spatial_dims,
+                in_channels,
+                spectral_dim,
+                beta,
+                tokenizer_grid,
+                tokenizer_patch,
+                num_tokens=tokenizer_tokens,
+                standardize=tokenizer_standardize,
+                moments=tokenizer_moments,
+            )
             if (fuses or use_gskr or use_spa)
             else None
         )
@@ -132,13 +166,53 @@ class OmniFM(nn.Module):
         self.context_proj = nn.Linear(spectral_dim, dim) if fuses and not use_ecaf else None
         self.prompt = (
             PrefixSuffixPrompt(
-                dim, prefix_tokens, prompt_layers, num_heads, use_prefix=use_prefix, use_suffix=use_suffix
+                dim,
+                prefix_tokens,
+                prompt_layers,
+                num_heads,
+                use_prefix=use_prefix,
+                use_suffix=use_suffix,
+                num_suffix_tokens=suffix_tokens,
             )
             if (use_prefix or use_suffix)
             else None
         )
-        self.gate = ZeroGate(gate_init) if fuses else None
+        if (
+            fuses
+        ):  # registered as `private_gate` (kept by the site, see is_private) or `shared_gate` (averaged)
+            self.add_module("private_gate" if private_gate else "shared_gate", ZeroGate(gate_init))
+        film_channels = getattr(self.adapter, "film_channels", None)
+        self.film = (
+            SuffixFiLM(dim, film_channels(backbone))
+            if (suffix_film and use_suffix and film_channels is not None)
+            else None
+        )
         self.spectral_alignment: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def gate(self) -> ZeroGate | None:
+        """The output gate (private or shared), ``None`` when nothing is fused."""
+        return self._modules.get("private_gate", self._modules.get("shared_gate"))
+
+    def parts(self) -> list[nn.Module]:
+        """OmniFM's own modules around the backbone (the bank holds no parameters)."""
+        names = ("tokenizer", "ecaf", "context_proj", "prompt", "film", "private_gate", "shared_gate")
+        return [m for m in (self._modules.get(n) for n in names) if m is not None]
+
+    def parameter_groups(
+        self, lr: float, parts_lr_scale: float = 1.0, weight_decay: float = 0.01
+    ) -> list[dict]:
+        """Optimiser groups: the backbone at ``lr`` with ``weight_decay``; OmniFM's parts (new, small, several
+        zero-initialised) at ``lr * parts_lr_scale`` without weight decay, which would pull gates and FiLM maps
+        back to the identity. Empty groups are left out (the plain backbone has one group)."""
+        own = {id(p) for m in self.parts() for p in m.parameters()}
+        backbone = [p for p in self.parameters() if id(p) not in own]
+        parts = [p for p in self.parameters() if id(p) in own]
+        groups = [
+            {"params": backbone, "lr": lr, "weight_decay": weight_decay},
+            {"params": parts, "lr": lr * parts_lr_scale, "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
 
     def spectral_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The spectral tokens ``s (B, m, d_s)`` of images ``x`` (what a site summarises for the bank)."""
@@ -147,8 +221,12 @@ class OmniFM(nn.Module):
         return self.tokenizer(x)
 
     def private_state_keys(self) -> set[str]:
-        """Keys that never leave a site: the private suffix and the bank (the server merges banks, never averages)."""
+        """Keys that never leave a site: the private suffix and gate, the bank (the server merges banks, never
+        averages) and, with ``private_norms``, the backbone's normalisation layers."""
         keys = {k for k in self.state_dict() if is_private(k)}
+        if self.private_norms and self.tokenizer is not None:
+            norms = [m for m in self.backbone.modules() if isinstance(m, NORM_TYPES)]
+            keys |= module_state_keys(self, norms)
         return keys | (module_state_keys(self, [self.bank]) if self.bank is not None else set())
 
     def head_state_keys(self) -> set[str]:
@@ -160,16 +238,18 @@ class OmniFM(nn.Module):
         tokens, _ = self.adapter.encode(self.backbone, x, *args)
         return tokens.mean(1).flatten(1)
 
-    def _fuse(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _fuse(
+        self, x: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list | None]:
         self.spectral_alignment = None
         if self.tokenizer is None:
-            return tokens, None
+            return tokens, None, None
         s = self.tokenizer(x)
         retrieved = self.bank.retrieve(s)[0] if self.bank is not None else s[:, :0].detach()
         if self.use_spa:
             self.spectral_alignment = (s, retrieved)
         if self.gate is None:
-            return tokens, None
+            return tokens, None, None
         context = torch.cat([s, retrieved], dim=1)
         prior = self.ecaf(tokens, context) if self.ecaf is not None else self.context_proj(context)
         if self.prompt is not None:
@@ -179,13 +259,14 @@ class OmniFM(nn.Module):
         if delta.shape[1] != tokens.shape[1]:  # projected context without ECAF and PSP: broadcast its mean
             delta = delta.mean(1, keepdim=True).expand_as(tokens)
         g = self.gate.value
-        return self.gate(tokens, delta), (g * suffix if suffix is not None else None)
+        film = self.film(suffix) if self.film is not None and suffix is not None else None
+        return self.gate(tokens, delta), (g * suffix if suffix is not None else None), film
 
     def forward(self, x: torch.Tensor, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         """``x`` the image; further inputs (e.g. the VQA question) go to the backbone through its adapter."""
         tokens, state = self.adapter.encode(self.backbone, x, *args, **kwargs)
-        tokens, suffix = self._fuse(x, tokens)
-        return self.adapter.decode(self.backbone, tokens, state, suffix)
+        tokens, suffix, film = self._fuse(x, tokens)
+        return self.adapter.decode(self.backbone, tokens, state, suffix, film)
 
 
 class OmniFMResNet(OmniFM):

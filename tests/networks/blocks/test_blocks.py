@@ -69,3 +69,48 @@ def test_private_suffix_is_found_by_the_name_rule():
     assert private == ["private_suffix"]
     assert is_private("prompt.private_suffix") and not is_private("prompt.prefix_queries")
     assert not is_private("backbone.layer1.not_private_suffix")
+
+
+def _nearest_centroid_accuracy(tokens: torch.Tensor, labels: torch.Tensor) -> float:
+    """Leave-one-out nearest-centroid (cosine) accuracy of predicting the site from the token."""
+    unit = torch.nn.functional.normalize(tokens.flatten(1), dim=-1)
+    correct = 0
+    for i in range(len(unit)):
+        rest = torch.arange(len(unit)) != i
+        centroids = torch.stack([unit[rest & (labels == c)].mean(0) for c in range(int(labels.max()) + 1)])
+        correct += int((torch.nn.functional.normalize(centroids, dim=-1) @ unit[i]).argmax() == labels[i])
+    return correct / len(unit)
+
+
+def test_unstandardised_patch_tokens_tell_the_sites_apart(reference_slices):
+    """At initialisation, the window's level and several patch tokens carry what tells T1, T2w and CT apart;
+    per-sample standardisation pooled to one token loses most of it."""
+    images, labels = reference_slices
+    accuracy = {}
+    for standardize, tokens in ((True, 1), (False, 4)):
+        runs = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            tok = SpectralTokenizer(2, 1, 128, beta=0.15, num_tokens=tokens, standardize=standardize)
+            with torch.no_grad():
+                runs.append(_nearest_centroid_accuracy(tok(images), labels))
+        accuracy[standardize] = sum(runs) / len(runs)
+    chance = 1 / 3
+    assert accuracy[False] >= 0.8, accuracy
+    assert accuracy[False] > accuracy[True] + 0.1, accuracy
+    assert accuracy[True] > chance - 0.1  # (for the record: near chance)
+
+
+def test_intensity_moments_see_contrast_polarity_and_join_the_token_from_zero():
+    x = torch.rand(4, 1, 32, 32) ** 3  # right-skewed, as a T2-like image with few bright pixels
+    moments = SpectralTokenizer.intensity_moments(x)
+    inverted = SpectralTokenizer.intensity_moments(1 - x)
+    assert torch.allclose(inverted[:, 2], -moments[:, 2], atol=1e-4)  # skewness flips with the polarity
+    assert torch.allclose(inverted[:, 1], moments[:, 1], atol=1e-5) and (moments[:, 2] > 0.5).all()
+    torch.manual_seed(0)
+    plain = SpectralTokenizer(2, 1, 32, grid_size=8, patch_size=4)
+    torch.manual_seed(0)
+    with_moments = SpectralTokenizer(2, 1, 32, grid_size=8, patch_size=4, moments=True)
+    assert torch.equal(plain(x), with_moments(x))  # zero-initialised: the same token at first
+    with_moments.moments.weight.data.normal_()
+    assert not torch.allclose(with_moments(x), with_moments(1 - x), atol=1e-3)

@@ -119,3 +119,22 @@ def test_pruning_shares_a_modalitys_quota_between_its_sites():
         modality, torch.zeros(12), torch.zeros(12, dtype=torch.long), 6, site
     )
     assert sorted(site[keep].tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_no_centroid_is_one_images_token_with_a_minimum_cluster_size():
+    torch.manual_seed(0)
+    tokens = F.normalize(torch.randn(16, 8), dim=-1)
+    plain = kmeans_centroids(tokens, 16)
+    assert ((plain @ tokens.T) > 1 - 1e-6).any(1).all()  # without a minimum, each is one image's token
+    for m in (2, 3, 5):
+        centroids = kmeans_centroids(tokens, 16, min_cluster_size=m)
+        assert 1 <= len(centroids) <= 16 // m
+        assign = (tokens @ centroids.T).argmax(1)
+        assert torch.bincount(assign, minlength=len(centroids)).min() >= m
+        assert (centroids @ tokens.T).max() < 1 - 1e-4  # none equals an image's token
+    assert kmeans_centroids(tokens[:3], 16, min_cluster_size=4).shape == (
+        1,
+        8,
+    )  # fewer images than m: one mean
+    with pytest.raises(ValueError, match="min_cluster_size"):
+        kmeans_centroids(tokens, 4, min_cluster_size=0)

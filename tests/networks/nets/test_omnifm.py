@@ -122,15 +122,73 @@ def test_ablations_build_and_run(flags):
     x = torch.rand(2, 1, 32, 32)
     assert net(x).shape == (2, 2, 32, 32)
     assert (net.bank is None) == (not flags.get("use_gskr", True))
-    assert any(is_private(n) for n, _ in net.named_parameters()) == flags.get("use_suffix", True)
+    assert any(is_private(n) and "suffix" in n for n, _ in net.named_parameters()) == flags.get(
+        "use_suffix", True
+    )
     fuses = any(flags.get(k, True) for k in ("use_ecaf", "use_prefix", "use_suffix"))
     # GSKR and SPA alone shape the spectral tokens but leave the forward path untouched
     assert torch.allclose(net(x), net.backbone(x)) != fuses
 
 
-def test_private_suffix_is_the_only_private_parameter():
+def test_private_parameters_are_the_suffix_and_the_gate_unless_the_gate_is_shared():
     net = OmniFMResNet(2, 1, 3, channels=(8, 16, 32, 64), **SMALL)
-    assert [n for n, _ in net.named_parameters() if is_private(n)] == ["prompt.private_suffix"]
+    private = [n for n, _ in net.named_parameters() if is_private(n)]
+    assert sorted(private) == ["private_gate.alpha", "prompt.private_suffix"]
+    shared_gate = OmniFMResNet(2, 1, 3, channels=(8, 16, 32, 64), private_gate=False, **SMALL)
+    assert [n for n, _ in shared_gate.named_parameters() if is_private(n)] == ["prompt.private_suffix"]
+    assert shared_gate.gate is shared_gate.shared_gate and net.gate is net.private_gate
+
+
+def test_private_norms_are_the_backbones_and_only_when_omnifm_is_on():
+    net = OmniFMResNet(2, 1, 3, channels=(8, 16, 16, 16), private_norms=True, **SMALL)
+    private = net.private_state_keys()
+    norms = {k for k in net.state_dict() if k.startswith("backbone.") and ".bn" in k}
+    assert norms and norms <= private  # weights, biases and running statistics
+    assert not any(k.startswith(("tokenizer.", "prompt.layers", "ecaf.")) for k in private)
+    assert not norms & OmniFMResNet(2, 1, 3, channels=(8, 16, 16, 16), **SMALL).private_state_keys()
+    plain = OmniFMResNet(2, 1, 3, channels=(8, 16, 16, 16), private_norms=True, **SMALL, **ALL_OFF)
+    assert plain.private_state_keys() == set()  # the baselines' backbone: nothing private
+
+
+def test_suffix_film_reaches_every_decoder_level_without_the_gate():
+    """FiLM is the identity at initialisation; once trained, a site's suffix changes the segmentation even with
+    the output gate shut, and every level of the decoder is modulated."""
+    torch.manual_seed(0)
+    net = OmniFMUNet(2, 1, 3, features=(8, 8, 16, 32, 64, 8), **SMALL).eval()
+    x = torch.rand(2, 1, 32, 32)
+    assert [m.out_features // 2 for m in net.film.maps] == [64, 32, 16, 8, 8]
+    assert torch.equal(net(x), net.backbone(x))
+    assert float(net.gate.value.detach()) == 0.0
+    before = net(x)
+    for m in net.film.maps:
+        torch.nn.init.normal_(m.weight, std=0.1)
+    moved = net(x)
+    assert not torch.allclose(moved, before)
+    with torch.no_grad():
+        net.prompt.private_suffix.add_(1.0)  # another site's suffix: another output
+    assert not torch.allclose(net(x), moved)
+    for level, m in enumerate(net.film.maps):  # each level alone changes the output
+        for other in net.film.maps:
+            torch.nn.init.zeros_(other.weight)
+        torch.nn.init.normal_(m.weight, std=0.1)
+        assert not torch.allclose(net(x), net.backbone(x)), level
+    no_film = OmniFMUNet(2, 1, 3, features=(8, 8, 16, 32, 64, 8), suffix_film=False, **SMALL)
+    assert no_film.film is None and OmniFMResNet(2, 1, 3, channels=(8, 16, 32, 64), **SMALL).film is None
+
+
+def test_parameter_groups_put_omnifm_parts_apart_without_weight_decay():
+    net = OmniFMUNet(2, 1, 3, features=(8, 8, 16, 32, 64, 8), **SMALL)
+    backbone, parts = net.parameter_groups(1e-3, parts_lr_scale=10.0, weight_decay=0.05)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.backbone.parameters()}
+    assert (backbone["lr"], backbone["weight_decay"], parts["lr"], parts["weight_decay"]) == (
+        1e-3,
+        0.05,
+        1e-3 * 10.0,
+        0.0,
+    )
+    assert len(backbone["params"]) + len(parts["params"]) == len(list(net.parameters()))
+    plain = OmniFMUNet(2, 1, 3, features=(8, 8, 16, 32, 64, 8), **ALL_OFF)
+    assert len(plain.parameter_groups(1e-3, 10.0)) == 1
 
 
 def test_unknown_backbone_needs_an_adapter():
