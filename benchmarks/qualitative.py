@@ -42,7 +42,7 @@ from monai.networks.utils import eval_mode
 
 from omnifm_monai.fl.bundle import bundle_task
 from omnifm_monai.fl.engine import evaluation_data, make_clients, make_strategy, restore_sites, site_network
-from omnifm_monai.fl.simulator import CHECKPOINT
+from omnifm_monai.fl.simulator import CHECKPOINT, load_checkpoint
 from omnifm_monai.fl.strategies import strategy_class
 
 __all__ = ["qualitative_figure"]
@@ -132,7 +132,7 @@ def predict_run(run: str | Path, sites: Mapping[str, str]) -> dict[str, Predicti
     """Every site's first test item through ``run``'s model for that site, as the simulator evaluates it."""
     run = Path(run)
     config = _read_run(run)
-    checkpoint = torch.load(run / CHECKPOINT, weights_only=True)
+    checkpoint = load_checkpoint(run / CHECKPOINT, require_hash=False)  # read only
     bundle, task = config["bundle"], bundle_task(config["bundle"])
     first_site = next(iter(config["sites"].values()))
     strategy = make_strategy(bundle, config["strategy"], list(config["sites"]), dataset_dir=first_site)[0]

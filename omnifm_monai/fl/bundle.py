@@ -8,6 +8,7 @@ as ``workflow.<name>`` like MONAI's own; nothing else in ``fl/`` knows a config 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from torch import nn
 
 __all__ = [
     "OMNIFM_PROPERTIES",
+    "argument_names",
     "build_network",
     "bundle_parser",
     "bundle_task",
+    "check_overrides",
     "find_sites",
     "key_metric",
     "network_class",
@@ -73,6 +76,63 @@ def bundle_parser(bundle: str | Path, overrides: Mapping[str, Any] | None = None
     parser.read_config(_configs(bundle, ["train.json"]))
     parser.update(dict(overrides or {}))
     return parser
+
+
+def check_overrides(bundle: str | Path, overrides: Mapping[str, Any] | None) -> None:
+    """Refuse an override that names nothing: its id must exist in the bundle's ``train.json`` (or
+    ``evaluate.json``), or name an argument of a component there (``network_def#private_norms``), so a typo
+    fails at once instead of being ignored."""
+    parser = ConfigParser()
+    names = ["train.json"] + (
+        ["evaluate.json"] if (Path(bundle) / "configs" / "evaluate.json").is_file() else []
+    )
+    parser.read_config(_configs(bundle, names))
+    unknown = []
+    for key in overrides or {}:
+        key_id = str(key).replace("::", "#")
+        if key_id in parser:
+            continue
+        parent, _, arg = key_id.rpartition("#")
+        target = parser.get(parent, {}).get("_target_") if parent and parent in parser else None
+        if isinstance(target, str) and _accepts(target, arg):
+            continue
+        unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"override(s) {unknown} name nothing in {Path(bundle) / 'configs'} (train.json, evaluate.json): "
+            "no such config id, and no argument of that name for the component."
+        )
+
+
+def _accepts(target: str, arg: str) -> bool:
+    module, _, name = target.rpartition(".")
+    component, found = optional_import(module, name=name)
+    return found and arg in argument_names(component)
+
+
+def argument_names(component: Any) -> set[str] | Any:
+    """The keyword arguments ``component`` takes by name; a class's are those of every ``__init__`` in its
+    MRO (subclasses forward ``**kwargs`` to their parents); a function with ``**kwargs`` takes any name."""
+    if inspect.isclass(component):
+        names: set[str] = set()
+        for cls in component.__mro__[:-1]:  # object's takes nothing
+            if "__init__" in vars(cls):
+                names |= _named(inspect.signature(cls.__init__).parameters.values())
+        return names
+    params = list(inspect.signature(component).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return _AnyName()
+    return _named(params)
+
+
+def _named(params) -> set[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in params if p.kind in kinds and p.name != "self"}
+
+
+class _AnyName(set):
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
 def bundle_task(bundle: str | Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from .bundle import train_workflow
 from .strategies import SiteContext, Strategy, get_strategy
 
 __all__ = ["EXTRA_KEY", "OmniFMClientAlgo"]
+
+logger = logging.getLogger("omnifm_monai.fl")
 
 # key of the strategy-specific payload inside an ExchangeObject (server -> client and client -> server)
 EXTRA_KEY = "fl_extra"
@@ -168,9 +171,16 @@ class OmniFMClientAlgo(MonaiAlgo):
         current = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
         super().train(ExchangeObject(weights=current, weight_type=WeightType.WEIGHTS), extra)
         self.strategy.after_training(ctx)
-        self.private_state = {
+        trained = {
             k: v.detach().cpu().clone() for k, v in self.network.state_dict().items() if k in self.private
         }
+        bad = [k for k, v in trained.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # a diverged round: its update is rejected on the server; the site keeps its last good state
+            logger.warning(
+                "site %s: NaN/Inf in private %s after training; kept the previous values", self.site, bad[:3]
+            )
+        else:
+            self.private_state = trained
 
     def get_weights(self, extra: dict | None = None) -> ExchangeObject:
         local = self._shared_state()

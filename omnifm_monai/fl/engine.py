@@ -20,7 +20,7 @@ from monai.fl.utils.constants import WeightType
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.utils import set_determinism
 
-from .bundle import build_network, network_class
+from .bundle import argument_names, build_network, network_class
 from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, Weights, strategy_class, validate_update
 
@@ -79,6 +79,11 @@ def make_strategy(
     strategy takes from the network and the site list (:meth:`Strategy.resolve_options`), then the given ones.
     Without ``network`` the bundle's is built (with a site's ``dataset_dir`` for networks sized by the data)."""
     cls, options = strategy_class(name), dict(options or {})
+    unknown = sorted(set(options) - argument_names(cls))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for strategy {cls.name!r}; it takes {sorted(argument_names(cls))}."
+        )
     if network is None:
         site = {"dataset_dir": dataset_dir} if dataset_dir else {}
         network = build_network(bundle, {**site, **strategy_overrides(bundle, cls(**options))})
@@ -95,12 +100,15 @@ def make_clients(
     workdir: str | Path = "fl_sites",
     local_epochs: int = 1,
     send_weight_diff: bool = False,
+    leave_out_failed: bool = False,
 ) -> dict[str, OmniFMClientAlgo]:
-    """One initialised client per site, all training ``network`` in place (private state kept per client)."""
+    """One initialised client per site, all training ``network`` in place (private state kept per client).
+    ``leave_out_failed``: a site whose bundle or data fails to initialise (e.g. its datalist does not validate)
+    is logged with the reason and left out instead of stopping every other site."""
     overrides = strategy_overrides(bundle, strategy, overrides)
     clients = {}
     for name, folder in site_dirs.items():
-        clients[name] = OmniFMClientAlgo(
+        client = OmniFMClientAlgo(
             str(bundle),
             strategy,
             site=name,
@@ -111,8 +119,22 @@ def make_clients(
             train_kwargs=overrides,
             network=network,
         )
-        clients[name].initialize()
+        try:
+            client.initialize()
+        except Exception as err:
+            if not leave_out_failed:
+                raise
+            logger.error("site %s (%s) left out: %s", name, folder, root_cause(err))
+            continue
+        clients[name] = client
     return clients
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost exception of a chain as one line (MONAI's config layers wrap the one that names the file)."""
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
 
 def site_states(clients: Mapping[str, OmniFMClientAlgo]) -> dict[str, dict[str, Any]]:
@@ -123,8 +145,9 @@ def site_states(clients: Mapping[str, OmniFMClientAlgo]) -> dict[str, dict[str, 
 def restore_sites(clients: Mapping[str, OmniFMClientAlgo], states: Mapping[str, Mapping[str, Any]]) -> None:
     """Inverse of :func:`site_states`."""
     for name, client in clients.items():
-        client.private_state = states[name]["private_state"]
-        client.client_state = states[name]["client_state"]
+        if name in states:  # a site left out of the checkpointed rounds starts afresh
+            client.private_state = states[name]["private_state"]
+            client.client_state = states[name]["client_state"]
 
 
 def load_matching(network: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> list[str]:
@@ -208,7 +231,8 @@ def aggregate_round(
     state: dict[str, Any],
     min_updates: int = 1,
 ) -> tuple[Weights, dict[str, Any], dict[str, str]]:
-    """Reject invalid updates (logged, returned by site), then aggregate the rest with the strategy's rule.
+    """Reject invalid updates (weights: :func:`validate_update`; extras: the strategy's ``validate_extra``),
+    logged and returned by site, then aggregate the rest with the strategy's rule.
 
     Raises ``RuntimeError`` when fewer than ``min_updates`` valid updates remain; the caller keeps the
     previous global state, so a failed round loses nothing.
@@ -221,7 +245,7 @@ def aggregate_round(
                 validate_update(update, global_weights)
                 if update.weight_type in ("full", "diff")
                 else f"unknown weight_type {update.weight_type!r}"
-            )
+            ) or strategy.validate_extra(update, state)
         except Exception as err:  # a malformed update must not stop the round
             reason = f"malformed update ({err})"
         if reason:

@@ -19,6 +19,8 @@ with the same result as an uninterrupted one (every round reseeds from ``seed``,
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 import os
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .bundle import bundle_task, find_sites
+from .bundle import bundle_task, check_overrides, find_sites
 from .engine import (
     aggregate_round,
     client_round,
@@ -38,6 +40,7 @@ from .engine import (
     make_clients,
     make_strategy,
     restore_sites,
+    root_cause,
     round_lr_scale,
     site_network,
     site_states,
@@ -46,7 +49,7 @@ from .engine import (
 )
 from .strategies import Strategy
 
-__all__ = ["default_sites", "simulate"]
+__all__ = ["CHECKPOINT", "default_sites", "load_checkpoint", "save_checkpoint", "simulate"]
 
 logger = logging.getLogger("omnifm_monai.fl")
 CHECKPOINT = "checkpoint.pt"
@@ -128,20 +131,42 @@ class _Writer:
             jsonl.write_text("".join(line + "\n" for line in lines))
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """The round's state, serialised, stored with its SHA-256 in one file written atomically."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    content = buffer.getvalue()
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
+    torch.save(
+        {
+            "content": torch.frombuffer(bytearray(content), dtype=torch.uint8),
+            "sha256": hashlib.sha256(content).hexdigest(),
+        },
+        tmp,
+    )
     os.replace(tmp, path)  # a completed round is never half-written
 
 
-def _load_checkpoint(path: Path) -> dict | None:
+def load_checkpoint(path: str | Path, require_hash: bool = True) -> dict | None:
+    """The checkpoint's state (``None`` when there is none), refused when it is corrupt, holds more than tensors
+    and plain containers, or its content no longer matches the hash it was written with (an altered file must
+    not resume a run). ``require_hash=False`` also reads, for inspection only, a checkpoint written before
+    checkpoints carried a hash."""
+    path = Path(path)
     if not path.exists():
         return None
     try:
-        return torch.load(path, weights_only=True)  # tensors and plain containers only
+        stored = torch.load(path, weights_only=True)
+        if not require_hash and "sha256" not in stored:
+            return stored
+        content = stored["content"].numpy().tobytes()
+        if hashlib.sha256(content).hexdigest() != stored["sha256"]:
+            raise ValueError("its content does not match its SHA-256")
+        return torch.load(io.BytesIO(content), weights_only=True)  # tensors and plain containers only
     except Exception as err:
         raise RuntimeError(
-            f"refusing the checkpoint {path}: it is corrupt or holds more than tensors ({err})."
+            f"refusing the checkpoint {path}: it is corrupt, altered or holds more than tensors ({err}); "
+            "move it away to start the run afresh."
         ) from err
 
 
@@ -186,17 +211,31 @@ def _train_round(
 def _evaluate(
     clients, strategy: Strategy, global_weights, server_state, rnd: int, split: str = "validation"
 ) -> list[tuple]:
-    """Every site scores the global model (with its private state, and the server's payload, e.g. the merged bank)."""
+    """Every site scores the global model (with its private state, and the server's payload, e.g. the merged bank).
+    A site whose evaluation fails (e.g. an unreadable image) is logged and has no rows; the others go on."""
     evaluation = evaluation_data(global_weights, strategy.server_payload(server_state))
     rows, seconds = [], 0.0
     for name, client in clients.items():
-        metrics = client.evaluate(evaluation, extra={"split": split}).metrics
+        try:
+            metrics = client.evaluate(evaluation, extra={"split": split}).metrics
+        except Exception as err:
+            logger.error(
+                "site %s: %s evaluation failed, no metrics this round: %s", name, split, root_cause(err)
+            )
+            continue
         evaluator = client.test_evaluator() if split == "test" else client.evaluator
         seconds += evaluator.state.times.get("COMPLETED") or 0.0
         rows += [(rnd, name, split, k, v) for k, v in metrics.items()]
         if split == "validation":
             rows += [(rnd, name, "diagnostics", k, v) for k, v in strategy.diagnostics(client.ctx).items()]
     return rows + [(rnd, "server", "round", "eval_seconds", seconds)] if split == "validation" else rows
+
+
+def _site_list(sites: str | Sequence[str] | Mapping[str, str] | None):
+    """``"a,b"`` (a command line's one string) -> ``["a", "b"]``; lists and mappings as they are."""
+    if isinstance(sites, str):
+        return [s.strip() for s in sites.split(",") if s.strip()]
+    return sites
 
 
 def simulate(
@@ -225,16 +264,17 @@ def simulate(
             :class:`~omnifm_monai.fl.strategies.Strategy` subclass, or an instance.
         rounds: total rounds (a resumed run continues up to this number).
         output: run folder (metrics, TensorBoard, checkpoint).
-        sites: site names under ``reference_dir``, or name -> dataset folder; default: every reference site
-            with a datalist for the bundle's task.
+        sites: site names under ``reference_dir`` (a list, or one comma-separated string), or name -> dataset
+            folder; default: every reference site with a datalist for the bundle's task.
         reference_dir: where the reference sites are.
         local_epochs: local epochs per round (the same budget for every strategy).
         seed: every (round, site) is seeded from it.
         min_sites: a round needs this many valid updates; fewer keeps the previous global model and stops.
         send_weight_diff: clients send ``local - global`` (labelled as differences).
         test: evaluate every site on its test split after the last round.
-        overrides: bundle overrides for every site (e.g. ``{"batch_size": 4, "image_size": 64}``).
-        strategy_options: keyword options of the strategy (e.g. ``{"mu": 0.01}``).
+        overrides: bundle overrides for every site (e.g. ``{"batch_size": 4, "image_size": 64}``); an id the
+            bundle does not have is refused (:func:`~omnifm_monai.fl.bundle.check_overrides`).
+        strategy_options: keyword options of the strategy (e.g. ``{"mu": 0.01}``); unknown names are refused.
         init_weights: a state dict (e.g. another run's ``global_model.pt``) to start from: every tensor whose
             name and shape match the network is loaded, the rest keeps its initialisation (fine-tuning).
         unseen_sites: sites (names under ``reference_dir``, or name -> folder) that never train: after the last
@@ -243,7 +283,17 @@ def simulate(
         lr_schedule: the learning rate over rounds, ``constant`` or ``cosine`` (from the bundle's rate down
             towards 0 at ``rounds``; :func:`~omnifm_monai.fl.engine.round_lr_scale`), for every site alike.
     """
-    round_lr_scale(lr_schedule, 0, max(rounds, 1))  # an unknown schedule fails before anything is built
+    # every argument is checked before anything is built or written
+    for name, value, least in (
+        ("rounds", rounds, 1),
+        ("local_epochs", local_epochs, 1),
+        ("min_sites", min_sites, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
+    round_lr_scale(lr_schedule, 0, rounds)
+    sites, unseen_sites = _site_list(sites), _site_list(unseen_sites)
+    check_overrides(bundle, overrides)
     bundle_dir, out = Path(bundle), Path(output)
     out.mkdir(parents=True, exist_ok=True)
     task = bundle_task(bundle_dir)
@@ -286,15 +336,17 @@ def simulate(
         "local_epochs": local_epochs,
         "init_weights": init_weights,
         "unseen_sites": unseen,
+        "strategy_options": json.loads(json.dumps(dict(strategy_options or {}))),
         "overrides": {k: v for k, v in overrides.items() if isinstance(v, int | float | str | bool)},
     }
     if lr_schedule != "constant":  # the schedule spans `rounds`: resuming with another number changes it
         run_config["lr_schedule"] = {"name": lr_schedule, "rounds": rounds}
     config_file = out / "run.json"
-    checkpoint = _load_checkpoint(out / CHECKPOINT)
+    checkpoint = load_checkpoint(out / CHECKPOINT)
     if checkpoint is not None:
         previous = json.loads(config_file.read_text()) if config_file.exists() else None
-        if previous != json.loads(json.dumps(run_config)):
+        expected = json.loads(json.dumps(run_config))
+        if previous != expected or checkpoint.get("run_config") != expected:
             raise ValueError(
                 f"{out} holds a run with another configuration ({config_file}); choose another --output."
             )
@@ -315,10 +367,15 @@ def simulate(
         local_epochs=local_epochs,
         send_weight_diff=send_weight_diff,
     )
-    clients = make_clients(bundle_dir, strategy, site_dirs, **client_args)
-    unseen_clients = make_clients(
-        bundle_dir, strategy, unseen, **client_args
-    )  # made now: the initial private state
+    # a site whose data fails validation is left out (logged), the others go on if enough remain
+    clients = make_clients(bundle_dir, strategy, site_dirs, leave_out_failed=True, **client_args)
+    if len(clients) < min_sites:
+        raise RuntimeError(
+            f"only {len(clients)} of {len(site_dirs)} sites could start (min_sites={min_sites}); see the log."
+        )
+    unseen_clients = make_clients(  # made now: the initial private state
+        bundle_dir, strategy, unseen, leave_out_failed=True, **client_args
+    )
     global_weights = next(iter(clients.values()))._shared_state() if strategy.shares_weights else {}
     server_state = strategy.init_state(global_weights)
     start = 0
@@ -345,10 +402,11 @@ def simulate(
         rows += _evaluate(clients, strategy, global_weights, server_state, rnd)
         writer.write(rows)
         tick = time.perf_counter()
-        _save_checkpoint(
+        save_checkpoint(
             out / CHECKPOINT,
             {
                 "round": rnd,
+                "run_config": json.loads(json.dumps(run_config)),
                 "global_weights": global_weights,
                 "server_state": server_state,
                 "sites": site_states(clients),
@@ -366,18 +424,22 @@ def simulate(
         summary = ", ".join(f"{r[1]} {r[3]}={r[4]:.4f}" for r in key[:: max(1, len(key) // len(clients))])
         logger.info("round %d/%d done in %.1fs | %s", rnd + 1, rounds, time.perf_counter() - started, summary)
 
+    # the trained model is written before the test phase, which a broken site must not cost
+    torch.save(global_weights, out / "global_model.pt")
+    for filename, artifact in strategy.artifacts(server_state).items():
+        torch.save(artifact, out / filename)
     results: dict[str, Any] = {}
     if test:
         testers = (
-            clients if not strategy.pooled else make_clients(bundle_dir, strategy, test_sites, **client_args)
+            clients
+            if not strategy.pooled
+            else make_clients(bundle_dir, strategy, test_sites, leave_out_failed=True, **client_args)
         )
         testers = {**testers, **unseen_clients}
         rows = _evaluate(testers, strategy, global_weights, server_state, rounds - 1, split="test")
         results = {name: {r[3]: r[4] for r in rows if r[1] == name} for name in testers}
+        results = {name: metrics for name, metrics in results.items() if metrics}  # failed sites have none
         writer.write(rows)
         (out / "test_metrics.json").write_text(json.dumps(results, indent=2))
     writer.close()
-    torch.save(global_weights, out / "global_model.pt")
-    for filename, artifact in strategy.artifacts(server_state).items():
-        torch.save(artifact, out / filename)
     return results

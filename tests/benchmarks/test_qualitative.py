@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from omnifm_monai.fl import simulate
+from omnifm_monai.fl.simulator import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ["icbm_t1", "icbm_t2w"]
@@ -166,12 +167,12 @@ def test_untrained_residual_super_resolution_network_returns_its_input(run_dir, 
     # the residual network zero-initialises its last convolution: zeroed again, it is the identity
     run = tmp_path / "identity"
     shutil.copytree(run_dir("super_resolution", "fedavg"), run)
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
     zeroed = [k for k in checkpoint["global_weights"] if "final_conv" in k]
     assert zeroed
     for k in zeroed:
         checkpoint["global_weights"][k].zero_()
-    torch.save(checkpoint, run / "checkpoint.pt")
+    save_checkpoint(run / "checkpoint.pt", checkpoint)
     preds = q.predict_run(run, q.site_folders({"identity": run}, "super_resolution"))
     assert list(preds) == SITES
     for pred in preds.values():

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from omnifm_monai.fl import simulate
+from omnifm_monai.fl.simulator import load_checkpoint
 from omnifm_monai.fl.strategies import STRATEGIES, ClientUpdate, Strategy
 
 HERE = Path(__file__).resolve().parent
@@ -89,7 +90,7 @@ def test_a_strategy_outside_the_package_runs_in_the_simulator_and_in_nvflare(
         overrides=SMALL,
         test=False,
     )
-    checkpoint = torch.load(tmp_path / "sim" / "checkpoint.pt", weights_only=True)
+    checkpoint = load_checkpoint(tmp_path / "sim" / "checkpoint.pt")
     # the client hooks ran on every site, every round; the server kept what they uploaded
     assert all(checkpoint["sites"][s]["client_state"]["rounds_seen"] == 2 for s in SITES)
     steps = checkpoint["server_state"]["steps"]

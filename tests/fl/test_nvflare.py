@@ -47,6 +47,7 @@ from omnifm_monai.fl.nvflare import (  # noqa: E402
     to_numpy,
     update_to_flmodel,
 )
+from omnifm_monai.fl.simulator import load_checkpoint  # noqa: E402
 from omnifm_monai.fl.strategies import ClientUpdate, get_strategy  # noqa: E402
 from omnifm_monai.networks.blocks import kmeans_centroids  # noqa: E402
 
@@ -363,7 +364,7 @@ def _simulate(tmp, sites_root, strategy, rounds, **kw):
     )
     with open(tmp / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return torch.load(tmp / "checkpoint.pt", weights_only=True), rows
+    return load_checkpoint(tmp / "checkpoint.pt"), rows
 
 
 def _assert_same_as_simulator(result, checkpoint, rows, strategy):

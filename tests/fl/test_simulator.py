@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from omnifm_monai.fl import OmniFMClientAlgo, simulate
+from omnifm_monai.fl.simulator import load_checkpoint
 from omnifm_monai.fl.strategies import STRATEGIES
 from omnifm_monai.networks.blocks import is_private
 
@@ -40,9 +41,7 @@ def test_fedavg_with_one_site_equals_local_training(reference_sites, tmp_path):
     _run(tmp_path / "fedavg", reference_sites, "fedavg", rounds=2, sites=["icbm_t1"])
     _run(tmp_path / "local", reference_sites, "local", rounds=2, sites=["icbm_t1"])
     fedavg = torch.load(tmp_path / "fedavg" / "global_model.pt", weights_only=True)
-    local = torch.load(tmp_path / "local" / "checkpoint.pt", weights_only=True)["sites"]["icbm_t1"][
-        "private_state"
-    ]
+    local = load_checkpoint(tmp_path / "local" / "checkpoint.pt")["sites"]["icbm_t1"]["private_state"]
     assert set(fedavg) <= set(local)
     for k, v in fedavg.items():
         assert torch.equal(v, local[k]), k
@@ -61,7 +60,7 @@ def test_weight_differences_are_not_subtracted_twice(reference_sites, tmp_path):
 
 def test_omnifm_round_shares_weights_keeps_private_state_and_merges_the_bank(reference_sites, tmp_path):
     results = _run(tmp_path, reference_sites, "omnifm", rounds=1, test=True)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     global_w, sites = ckpt["global_weights"], ckpt["sites"]
     assert not any(is_private(k) or k.startswith("bank.") for k in global_w)
     suffixes = [sites[s]["private_state"]["prompt.private_suffix"] for s in SITES]
@@ -76,7 +75,17 @@ def test_omnifm_round_shares_weights_keeps_private_state_and_merges_the_bank(ref
     assert {r["site"] for r in rows if r["split"] == "validation"} == set(SITES)
     assert any(r["split"] == "test" for r in rows)
     assert list((tmp_path / "tensorboard").iterdir())
+    # the personal pathway moved at the default settings: FiLM maps left zero, the private gates left 0
+    assert any(v.abs().sum() > 0 for k, v in global_w.items() if k.startswith("film.maps"))
+    assert all(float(sites[s]["private_state"]["private_gate.alpha"]) != 0 for s in SITES)
+    # what a site that never trained starts from: between the sites' own private parameters, equal to neither
+    onboarding = ckpt["server_state"]["onboarding"]
+    assert "prompt.private_suffix" in onboarding and not any(k.startswith("bank.") for k in onboarding)
+    for key, mean in onboarding.items():
+        a, b = (sites[s]["private_state"][key].float() for s in SITES)
+        assert (mean >= torch.minimum(a, b) - 1e-6).all() and (mean <= torch.maximum(a, b) + 1e-6).all(), key
     # a fresh client for each site, given the global weights, computes with exactly them plus its own private state
+    x, outputs = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)), []
     for site in SITES:
         client = OmniFMClientAlgo(
             BUNDLE,
@@ -94,6 +103,9 @@ def test_omnifm_round_shares_weights_keeps_private_state_and_merges_the_bank(ref
         assert torch.equal(
             state["prompt.private_suffix"], sites[site]["private_state"]["prompt.private_suffix"]
         )
+        with torch.no_grad():
+            outputs.append(client.network.eval()(x))
+    assert not torch.allclose(*outputs, atol=1e-4)  # one global model, a personal output per site
 
 
 def test_a_failing_site_drops_out_and_the_job_goes_on(reference_sites, tmp_path, monkeypatch):
@@ -108,7 +120,7 @@ def test_a_failing_site_drops_out_and_the_job_goes_on(reference_sites, tmp_path,
 
     monkeypatch.setattr(OmniFMClientAlgo, "train", flaky)
     _run(tmp_path, reference_sites, "fedavg", rounds=2)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     aggregated = [float(r["value"]) for r in _rows(tmp_path) if r["metric"] == "sites_aggregated"]
     assert aggregated == [1.0, 2.0]
     assert all(torch.isfinite(v).all() for v in ckpt["global_weights"].values() if v.is_floating_point())
@@ -129,7 +141,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(reference_sites, tmp_pa
     monkeypatch.setattr(OmniFMClientAlgo, "train", killed)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "resumed", reference_sites, "omnifm", rounds=2)
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["round"] == 0
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["round"] == 0
     monkeypatch.setattr(OmniFMClientAlgo, "train", original)
     _run(tmp_path / "resumed", reference_sites, "omnifm", rounds=2)
     full = torch.load(tmp_path / "full" / "global_model.pt", weights_only=True)
@@ -143,11 +155,26 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(reference_sites, tmp_pa
     assert strip(_rows(tmp_path / "full")) == strip(_rows(tmp_path / "resumed"))
 
 
-def test_a_corrupt_checkpoint_is_refused(reference_sites, tmp_path):
-    tmp_path.mkdir(exist_ok=True)
-    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+def test_a_corrupt_or_altered_checkpoint_is_refused(reference_sites, tmp_path):
+    from omnifm_monai.fl.simulator import save_checkpoint
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="refusing"):
-        _run(tmp_path, reference_sites, "fedavg")
+        _run(tmp_path / "junk", reference_sites, "fedavg")
+    run = tmp_path / "run"
+    _run(run, reference_sites, "fedavg", rounds=1)
+    good = load_checkpoint(run / "checkpoint.pt")
+    assert good["round"] == 0 and good["run_config"]["strategy"] == "fedavg"
+    stored = torch.load(run / "checkpoint.pt", weights_only=True)
+    stored["content"][len(stored["content"]) // 2] ^= 1  # one flipped bit in the middle of the state
+    torch.save(stored, run / "checkpoint.pt")
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        _run(run, reference_sites, "fedavg", rounds=2)
+    # a well-formed checkpoint of another run configuration does not resume this one
+    save_checkpoint(run / "checkpoint.pt", {**good, "run_config": {**good["run_config"], "seed": 7}})
+    with pytest.raises(ValueError, match="another configuration"):
+        _run(run, reference_sites, "fedavg", rounds=2)
 
 
 @pytest.mark.slow
@@ -209,9 +236,7 @@ def test_an_unseen_site_is_tested_with_the_global_model_and_a_fresh_private_part
         tmp_path / "run", reference_sites, "fedbn", sites=["icbm_t1"], unseen_sites=unseen, test=True
     )
     assert set(results) == {"icbm_t1", "icbm_t2w"}
-    assert set(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["sites"]) == {
-        "icbm_t1"
-    }  # never trained
+    assert set(load_checkpoint(tmp_path / "run" / "checkpoint.pt")["sites"]) == {"icbm_t1"}  # never trained
     # reference: a client of the unseen site on the network as it was built (its norms untouched), the global weights loaded
     strategy = make_strategy(BUNDLE, "fedbn", ["icbm_t1"])[0]
     network = site_network(BUNDLE, strategy, SMALL, seed=0, dataset_dir=str(reference_sites / "icbm_t1"))
@@ -226,7 +251,7 @@ def test_an_unseen_site_is_tested_with_the_global_model_and_a_fresh_private_part
 def test_omnifm_diagnostics_are_logged_per_round_and_site(reference_sites, tmp_path):
     _run(tmp_path, reference_sites, "omnifm", rounds=2)
     rows = [r for r in _rows(tmp_path) if r["split"] == "diagnostics"]
-    bank = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["server_state"]["bank"]
+    bank = load_checkpoint(tmp_path / "checkpoint.pt")["server_state"]["bank"]
     for rnd in ("0", "1"):
         for site in SITES:
             got = {r["metric"]: float(r["value"]) for r in rows if r["round"] == rnd and r["site"] == site}
@@ -267,3 +292,100 @@ def test_cosine_schedule_sets_every_sites_learning_rate_each_round(reference_sit
     with pytest.raises(ValueError, match="another configuration"):
         _run(tmp_path / "run", reference_sites, _LearningRateLog(), rounds=4, lr_schedule="cosine",
              overrides={**SMALL, "learning_rate": 0.002})  # fmt: skip
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
+    from omnifm_monai.fl.bundle import check_overrides
+    from omnifm_monai.fl.engine import make_strategy
+    from omnifm_monai.fl.simulator import _site_list
+
+    for bad in ({"rounds": 0}, {"rounds": -1}, {"local_epochs": 0}, {"min_sites": 0}, {"rounds": 2.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            simulate(BUNDLE, "fedavg", output=str(tmp_path / "run"), **{"rounds": 1, **bad})
+    with pytest.raises(ValueError, match="batch_sise"):
+        simulate(BUNDLE, "fedavg", rounds=1, output=str(tmp_path / "run"), overrides={"batch_sise": 4})
+    assert not (tmp_path / "run").exists()
+    assert _site_list("icbm_t1") == ["icbm_t1"] and _site_list("a, b,") == ["a", "b"]
+    assert _site_list(["a"]) == ["a"] and _site_list({"a": "x"}) == {"a": "x"}
+    # ids of the bundle, arguments of its components (either separator), evaluate.json's ids
+    check_overrides(
+        BUNDLE,
+        {
+            "batch_size": 4,
+            "network_def#private_norms": False,
+            "network_def::use_gskr": False,
+            "loss#spread_weight": 0,
+        },
+    )
+    for typo in ("network_def#private_normz", "loss#spread_wieght", "learning_rat"):
+        with pytest.raises(ValueError, match=typo):
+            check_overrides(BUNDLE, {typo: 1})
+    with pytest.raises(ValueError, match="muu"):
+        make_strategy(BUNDLE, "fedprox", ["a"], {"muu": 0.1})
+    assert make_strategy(BUNDLE, "fedprox", ["a"], {"mu": 0.1})[0].mu == 0.1
+
+
+def test_the_command_line_refuses_an_unknown_flag_before_running(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "omnifm_monai.fl", "simulate", BUNDLE, "--roundz", "3", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "--roundz" in proc.stderr and not out.exists()
+    from omnifm_monai.fl.__main__ import unknown_flags
+
+    assert unknown_flags(["simulate", "b", "--rounds", "2", "--notest", "--sites=a,b"]) == []
+
+
+def _broken_copy(reference_sites, tmp_path, split):
+    """A copy of a reference site with the first image of ``split`` truncated."""
+    import json
+    import shutil
+
+    bad = tmp_path / "data" / f"broken_{split}"
+    shutil.copytree(reference_sites / "icbm_t2w", bad)
+    image = bad / json.loads((bad / "segmentation.json").read_text())[split][0]["image"]
+    return bad, image
+
+
+def test_a_site_whose_data_fails_validation_is_left_out_and_the_others_go_on(
+    reference_sites, tmp_path, caplog
+):
+    import logging
+
+    bad, image = _broken_copy(reference_sites, tmp_path, "training")
+    image.write_bytes(image.read_bytes()[:100])
+    sites = {"icbm_t1": str(reference_sites / "icbm_t1"), "broken": str(bad)}
+    with caplog.at_level(logging.ERROR, logger="omnifm_monai.fl"):
+        results = simulate(
+            BUNDLE, "fedavg", rounds=1, output=str(tmp_path / "run"), sites=sites, overrides=SMALL
+        )
+    assert set(results) == {"icbm_t1"} and (tmp_path / "run" / "global_model.pt").is_file()
+    line = next(r.getMessage() for r in caplog.records if "broken" in r.getMessage())
+    assert "left out" in line and image.name in line and "\n" not in line  # one line naming the file
+    with pytest.raises(RuntimeError, match="min_sites=2"):
+        simulate(
+            BUNDLE,
+            "fedavg",
+            rounds=1,
+            output=str(tmp_path / "run2"),
+            sites=sites,
+            overrides=SMALL,
+            min_sites=2,
+        )
+
+
+def test_a_site_that_breaks_before_the_test_phase_loses_only_its_own_test_metrics(reference_sites, tmp_path):
+    bad, image = _broken_copy(reference_sites, tmp_path, "test")
+    sites = {"icbm_t1": str(reference_sites / "icbm_t1"), "broken": str(bad)}
+    simulate(
+        BUNDLE, "fedavg", rounds=1, output=str(tmp_path / "run"), sites=sites, overrides=SMALL, test=False
+    )
+    image.write_bytes(image.read_bytes()[:100])  # broken after training
+    results = simulate(BUNDLE, "fedavg", rounds=1, output=str(tmp_path / "run"), sites=sites, overrides=SMALL)
+    assert set(results) == {"icbm_t1"} and (tmp_path / "run" / "global_model.pt").is_file()

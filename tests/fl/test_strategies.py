@@ -76,10 +76,13 @@ def test_invalid_updates_are_rejected_and_the_round_goes_on(caplog):
         ClientUpdate("shape", {**_weights(6), "b": torch.zeros(3)}, 10),
         ClientUpdate("unknown", {**_weights(7), "extra": torch.zeros(1)}, 10),
         ClientUpdate("empty", _weights(8), 0),
+        ClientUpdate("int", {**_weights(9), "w": torch.ones(3, 2, dtype=torch.int64)}, 10),
+        ClientUpdate("bool", {**_weights(10), "w": torch.ones(3, 2, dtype=torch.bool)}, 10),
     ]
     with caplog.at_level(logging.WARNING):
         new, _, rejected = aggregate_round(get_strategy("fedavg"), global_w, good + bad, {})
-    assert set(rejected) == {"nan", "shape", "unknown", "empty"}
+    assert set(rejected) == {"nan", "shape", "unknown", "empty", "int", "bool"}
+    assert "dtype" in rejected["int"] and "dtype" in rejected["bool"]
     assert "NaN" in rejected["nan"] and "shape" in rejected["shape"] and "unknown" in rejected["unknown"]
     assert all(site in caplog.text for site in rejected)
     expected = weighted_average([u.weights for u in good], [u.num_samples for u in good])
@@ -408,3 +411,48 @@ def test_omnifm_uploads_keys_of_the_aggregated_tokenizer_and_onboards_a_new_site
     assert all(torch.allclose(fresh.state_dict()[k], v) for k, v in mean.items())
     s.prepare_evaluation(ctx, s.server_payload(state))
     assert float(net.private_gate.alpha.detach()) == pytest.approx(0.7)
+
+
+def test_malformed_or_nan_strategy_extras_reject_one_site_not_the_round():
+    """OmniFM's bank keys, SCAFFOLD's control deltas and FedDG's amplitudes are checked per update."""
+    w = _weights(100)
+    omnifm = get_strategy("omnifm", sites=["a"], embed_dim=4, capacity=16, modalities=["T1", "T2"])
+    keys = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    good = {"bank_keys": keys, "modality": "T1", "bank_hits": torch.zeros(0)}
+    cases = {
+        "nan": {**good, "bank_keys": torch.full((3, 4), float("nan"))},
+        "shape": {**good, "bank_keys": torch.zeros(3, 5)},
+        "modality": {**good, "modality": "PET"},
+        "not_a_tensor": {**good, "bank_keys": [[0.0] * 4]},
+        "personal": {**good, "personal": {"private_gate.alpha": torch.tensor([float("inf")])}},
+    }
+    updates = [ClientUpdate("a", _weights(1), 10, extra=good)]
+    updates += [ClientUpdate(site, _weights(2), 10, extra=extra) for site, extra in cases.items()]
+    _, state, rejected = aggregate_round(omnifm, w, updates, omnifm.init_state(w))
+    assert set(rejected) == set(cases), rejected
+    assert torch.isfinite(state["bank"]["keys"]).all() and len(state["bank"]["keys"]) == 3
+
+    scaffold = get_strategy("scaffold", num_sites=2)
+    state = scaffold.init_state(w)
+    delta = {k: torch.zeros_like(v) for k, v in state["control"].items()}
+    bad = {**delta, "w": torch.full_like(delta["w"], float("nan"))}
+    ups = [
+        ClientUpdate("good", _weights(1), 10, extra={"control_delta": delta}),
+        ClientUpdate("nan", _weights(2), 10, extra={"control_delta": bad}),
+        ClientUpdate("missing", _weights(3), 10, extra={"control_delta": {"w": delta["w"]}}),
+    ]
+    _, state, rejected = aggregate_round(scaffold, w, ups, state)
+    assert set(rejected) == {"nan", "missing"} and all(
+        torch.isfinite(c).all() for c in state["control"].values()
+    )
+
+    feddg = get_strategy("feddg")
+    ups = [
+        ClientUpdate("good", _weights(1), 10, extra={"amplitudes": torch.rand(2, 1, 8, 8)}),
+        ClientUpdate("nan", _weights(2), 10, extra={"amplitudes": torch.full((2, 1, 8, 8), float("nan"))}),
+    ]
+    _, state, rejected = aggregate_round(feddg, w, ups, feddg.init_state(w))
+    assert set(rejected) == {"nan"} and set(state["amplitudes"]) == {"good"}
+    wrong = [ClientUpdate("wrong", _weights(3), 10, extra={"amplitudes": torch.rand(2, 1, 4, 4)})]
+    _, _, rejected = aggregate_round(feddg, w, wrong + ups[:1], state)
+    assert set(rejected) == {"wrong"}

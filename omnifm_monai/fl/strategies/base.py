@@ -45,6 +45,7 @@ __all__ = [
     "head_keys",
     "network_private_keys",
     "norm_keys",
+    "tensor_problem",
     "validate_update",
     "weighted_average",
 ]
@@ -188,10 +189,29 @@ def validate_update(update: ClientUpdate, reference: Mapping[str, torch.Tensor])
     for key, value in update.weights.items():
         if tuple(value.shape) != tuple(reference[key].shape):
             return f"{key} has shape {tuple(value.shape)}, expected {tuple(reference[key].shape)}"
+        if value.dtype != reference[key].dtype:  # an int or bool update would turn the global weight's type
+            return f"{key} has dtype {value.dtype}, expected {reference[key].dtype}"
         if value.is_floating_point() and not torch.isfinite(value).all():
             return f"{key} holds NaN or Inf"
     if not update.num_samples or update.num_samples <= 0:
         return f"non-positive sample count {update.num_samples}"
+    return None
+
+
+def tensor_problem(name: str, value: Any, shape: Sequence[int | None] | None = None) -> str | None:
+    """Why ``value`` is not a finite floating tensor of ``shape`` (``None`` entries: any size), or ``None``."""
+    if not isinstance(value, torch.Tensor):
+        return f"{name} is a {type(value).__name__}, not a tensor"
+    if not value.is_floating_point():
+        return f"{name} has dtype {value.dtype}, expected a floating type"
+    if shape is not None and (
+        value.dim() != len(shape)
+        or any(s is not None and s != n for s, n in zip(shape, value.shape, strict=True))
+    ):
+        expected = tuple("any" if s is None else s for s in shape)
+        return f"{name} has shape {tuple(value.shape)}, expected {expected}"
+    if not torch.isfinite(value).all():
+        return f"{name} holds NaN or Inf"
     return None
 
 
@@ -240,6 +260,11 @@ class Strategy:
     ) -> tuple[Weights, dict[str, Any]]:
         full = [u.full_weights(global_weights) for u in updates]
         return weighted_average(full, [u.num_samples for u in updates]), state
+
+    def validate_extra(self, update: ClientUpdate, state: Mapping[str, Any]) -> str | None:
+        """Why the update's ``extra`` must be rejected (malformed, NaN), or ``None``: checked for every update
+        before :meth:`aggregate`, so one bad site is dropped instead of stopping the round."""
+        return None
 
     def artifacts(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Files the simulator writes at the end of a run besides the global model, name -> object."""

@@ -9,7 +9,7 @@ from monai.transforms import Compose, RandomizableTrait
 
 from omnifm_monai.transforms import RandAmplitudeMixd, amplitude_bank
 
-from .base import Strategy
+from .base import Strategy, tensor_problem
 
 __all__ = ["FedDG", "insert_before_random"]
 
@@ -43,6 +43,15 @@ class FedDG(Strategy):
 
     def server_payload(self, state):
         return {"amplitudes": state["amplitudes"]}
+
+    def validate_extra(self, update, state):
+        if "amplitudes" not in update.extra:
+            return None
+        value = update.extra["amplitudes"]
+        shape = next(iter(state["amplitudes"].values())).shape[1:] if state["amplitudes"] else None
+        return tensor_problem("amplitudes", value, (None, *shape) if shape is not None else None) or (
+            "amplitudes must hold at least one spectrum" if value.dim() < 2 or len(value) == 0 else None
+        )
 
     def aggregate(self, global_weights, updates, state):
         new, _ = super().aggregate(global_weights, updates, state)

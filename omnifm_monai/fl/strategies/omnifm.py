@@ -13,7 +13,7 @@ from omnifm_monai.losses import token_spread
 from omnifm_monai.networks.blocks import SpectralKnowledgeBank
 from omnifm_monai.networks.nets.omnifm import module_state_keys
 
-from .base import Strategy, weighted_average
+from .base import Strategy, tensor_problem, weighted_average
 
 __all__ = ["OmniFMStrategy"]
 
@@ -96,6 +96,32 @@ class OmniFMStrategy(Strategy):
             **({"onboarding": state["onboarding"]} if "onboarding" in state else {}),
         }
 
+    def validate_extra(self, update, state):
+        extra, dim = update.extra, self.bank_config["embed_dim"]
+        if extra.get("bank_keys") is None:
+            return None
+        problem = tensor_problem("bank_keys", extra["bank_keys"], (None, dim))
+        if problem is None and len(extra["bank_keys"]) == 0:
+            problem = "bank_keys is empty"
+        modality, known = extra.get("modality"), self.bank_config["modalities"]
+        if problem is None and not (
+            (isinstance(modality, str) and modality in known)
+            or (
+                isinstance(modality, int)
+                and not isinstance(modality, bool)
+                and 0 <= modality < max(len(known), 1)
+            )
+        ):
+            problem = f"unknown modality {modality!r} (the bank knows {known})"
+        hits = extra.get("bank_hits")
+        if problem is None and hits is not None:
+            problem = tensor_problem(
+                "bank_hits", hits.float() if isinstance(hits, torch.Tensor) else hits, (None,)
+            )
+        for key, value in (extra.get("personal") or {}).items():
+            problem = problem or tensor_problem(f"personal[{key}]", value)
+        return problem
+
     def aggregate(self, global_weights, updates, state):
         new, _ = super().aggregate(global_weights, updates, state)
         bank = self._bank(state["bank"])
@@ -111,11 +137,7 @@ class OmniFMStrategy(Strategy):
         ]
         bank.merge(uploads, hit_counts=hit_counts)
         out = {**state, "bank": bank.to_tensors()}
-        personal = [
-            (u.extra["personal"], u.num_samples)
-            for u in updates
-            if u.extra.get("personal") and all(torch.isfinite(v).all() for v in u.extra["personal"].values())
-        ]
+        personal = [(u.extra["personal"], u.num_samples) for u in updates if u.extra.get("personal")]
         if personal:
             out["onboarding"] = weighted_average(*zip(*personal, strict=True))
         return new, out

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.engines import IterationEvents
 
-from .base import Strategy
+from .base import Strategy, tensor_problem
 
 __all__ = ["SCAFFOLD"]
 
@@ -36,6 +36,16 @@ class SCAFFOLD(Strategy):
 
     def server_payload(self, state):
         return {"control": state["control"]}
+
+    def validate_extra(self, update, state):
+        delta = update.extra.get("control_delta")
+        if not isinstance(delta, dict) or set(delta) != set(state["control"]):
+            return "control_delta is missing or does not hold one tensor per shared floating weight"
+        for key, control in state["control"].items():
+            problem = tensor_problem(f"control_delta[{key}]", delta[key], tuple(control.shape))
+            if problem:
+                return problem
+        return None
 
     def aggregate(self, global_weights, updates, state):
         new, _ = super().aggregate(global_weights, updates, state)

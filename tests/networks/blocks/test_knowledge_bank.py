@@ -138,3 +138,37 @@ def test_no_centroid_is_one_images_token_with_a_minimum_cluster_size():
     )  # fewer images than m: one mean
     with pytest.raises(ValueError, match="min_cluster_size"):
         kmeans_centroids(tokens, 4, min_cluster_size=0)
+
+
+def test_retrieval_returns_the_querys_own_modality_well_above_chance(reference_slices):
+    """Each site uploads centroids (2 images or more each) of the tokens of half its slices from the default
+    tokenizer at initialisation; each of its other slices retrieves top-2 of the bank: most of what it gets is
+    its own modality's (T1, T2w, CT), chance being the share of each modality in the bank."""
+    from omnifm_monai.networks.blocks import SpectralTokenizer
+
+    images, labels = reference_slices
+    shares, chances = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        tok = SpectralTokenizer(2, 1, 128, beta=0.15, num_tokens=4, standardize=False)  # OmniFM's defaults
+        with torch.no_grad():
+            tokens = tok(images).mean(1)
+        bank = SpectralKnowledgeBank(128, capacity=64, top_k=2, modalities=["a", "b", "c"])
+        train = torch.arange(len(images)) % 2 == 0  # centroids from half of each site, queries from the other
+        bank.merge(
+            [
+                {
+                    "keys": kmeans_centroids(tokens[train & (labels == s)], 16, min_cluster_size=2),
+                    "site": s,
+                    "modality": s,
+                }
+                for s in labels.unique().tolist()
+            ]
+        )
+        _, idx = bank.retrieve(tokens[~train])
+        own = bank.modality[idx] == labels[~train, None]
+        shares.append(float(own.float().mean()))
+        chances.append(
+            float(sum((bank.modality[bank.valid] == s).float().mean() ** 2 for s in labels.unique()))
+        )
+    assert sum(shares) / 3 >= 2 * sum(chances) / 3, (shares, chances)
