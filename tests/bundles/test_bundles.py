@@ -191,3 +191,43 @@ def test_export_torchscript_matches_the_checkpoint(trained, tmp_path):
     network.load_state_dict(torch.load(ckpt, weights_only=True))
     x = torch.rand(2, 1, 128, 128)
     assert torch.allclose(exported(x), network.eval()(x), atol=1e-4)
+
+
+def test_segmentation_of_a_volume_does_not_depend_on_how_it_is_stored(trained, reference_sites, tmp_path):
+    """The same anatomy stored axially and with its axes permuted (another orientation, same world geometry)
+    is segmented alike: inference reorients to RAS first and writes on the input's own grid."""
+    import nibabel as nib
+
+    name, overrides = trained
+    if name != "omnifm_segmentation":
+        pytest.skip("a volume-wise property of the segmentation bundle")
+    spec = SPECS[name]
+    datalist = json.loads((reference_sites / spec["site"] / f"{spec['task']}.json").read_text())
+    slices = [
+        np.asarray(
+            nib.load(reference_sites / spec["site"] / item["image"]).dataobj, dtype=np.float32
+        ).squeeze()
+        for item in datalist["test"][:4]
+    ]
+    volume = np.stack(slices, axis=-1)  # (x, y, z): axial slices along the last axis, RAS
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    permuted_affine = affine[:, [0, 2, 1, 3]]  # array axes (x, z, y): the same voxels in the same places
+    stored = {"axial": (volume, affine), "permuted": (volume.transpose(0, 2, 1), permuted_affine)}
+    predictions = {}
+    for label, (data, aff) in stored.items():
+        path = tmp_path / f"{label}.nii.gz"
+        nib.save(nib.Nifti1Image(data, aff), path)
+        out_dir = tmp_path / f"pred_{label}"
+        _run(
+            _workflow(
+                name,
+                ["train.json", "inference.json"],
+                "infer",
+                {**overrides, "input_path": str(path), "output_dir": str(out_dir)},
+            )
+        )
+        pred = nib.load(next(out_dir.iterdir()))
+        assert pred.shape == data.shape
+        np.testing.assert_allclose(pred.affine, aff, atol=1e-4)
+        predictions[label] = np.asarray(pred.dataobj)
+    np.testing.assert_array_equal(predictions["permuted"].transpose(0, 2, 1), predictions["axial"])
