@@ -13,7 +13,14 @@ from .layout import TASKS, datalist_path, find_sites, write_datalist
 from .readers import read_brats, read_breakhis, read_medmnist, read_slake, read_vqa_rad, split_by_group
 from .reference_sites import build_reference_sites
 from .sources import packaged_image
-from .validation import DataValidationError, check_datalist, read_image, validate_datalist
+from .validation import (
+    DataValidationError,
+    check_datalist,
+    check_inference_input,
+    inference_input_or_exit,
+    read_image,
+    validate_datalist,
+)
 
 __all__ = [
     "BUILDER_VERSION",
@@ -24,6 +31,8 @@ __all__ = [
     "build_federation_sites",
     "build_reference_sites",
     "check_datalist",
+    "check_inference_input",
+    "inference_input_or_exit",
     "datalist_path",
     "find_sites",
     "packaged_image",

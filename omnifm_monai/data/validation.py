@@ -24,7 +24,15 @@ import numpy as np
 import pydicom
 from monai.config import PathLike
 
-__all__ = ["DataValidationError", "REQUIRED_KEYS", "check_datalist", "read_image", "validate_datalist"]
+__all__ = [
+    "DataValidationError",
+    "REQUIRED_KEYS",
+    "check_datalist",
+    "check_inference_input",
+    "inference_input_or_exit",
+    "read_image",
+    "validate_datalist",
+]
 
 SPLITS = ("training", "validation", "test")
 REQUIRED_KEYS = {
@@ -250,3 +258,62 @@ def check_datalist(
     """:func:`validate_datalist`, then return ``datalist_path``: a drop-in for a bundle config's datalist id."""
     validate_datalist(datalist_path, task, base_dir, check_images, expected_channels, max_items)
     return str(datalist_path)
+
+
+def check_inference_input(path: PathLike, channels: int = 1) -> None:
+    """Refuse an inference input the bundle cannot use, with :class:`DataValidationError` naming the file.
+
+    The input is read as the bundle will read it (MONAI's ``LoadImage``, channel first; a DICOM series
+    folder as one volume). Refused: a missing or empty file, a file no reader can decode (truncated, no
+    pixel data), more than 3 spatial dimensions, a channel count other than ``channels`` (an RGB image:
+    convert it to grey first), NaN or Inf values, a constant image (nothing to segment or classify), and an
+    image MONAI cannot reorient to RAS (a single sagittal or coronal slice).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"{path}: no such file or folder.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: the file is empty (0 bytes).")
+    from monai.transforms import LoadImage, Orientation
+
+    try:
+        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    except Exception as err:
+        raise DataValidationError(f"{path}: cannot be read as an image ({_reason(err)}).") from None
+    data = np.asarray(image)
+    if data.ndim - 1 > 3:
+        raise DataValidationError(
+            f"{path}: {data.ndim - 1} spatial dimensions {data.shape[1:]}; at most 3 are supported."
+        )
+    if data.shape[0] != channels:
+        hint = " (colour: convert it to grey first)" if data.shape[0] in (3, 4) else ""
+        raise DataValidationError(f"{path}: {data.shape[0]} channels, the bundle expects {channels}{hint}.")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise DataValidationError(f"{path}: the image holds NaN or Inf values.")
+    if data.size == 0 or data.min() == data.max():
+        raise DataValidationError(
+            f"{path}: the image is constant ({data.flat[0] if data.size else 'empty'} everywhere)."
+        )
+    try:  # every bundle reorients to RAS; a single slice outside the axial plane has no 2D RAS orientation
+        Orientation(axcodes="RAS")(image)
+    except Exception as err:
+        raise DataValidationError(
+            f"{path}: its orientation cannot be brought to RAS ({_reason(err)}); a single non-axial slice is not "
+            "supported: give the volume or an axial slice."
+        ) from None
+
+
+def _reason(err: BaseException) -> str:
+    while err.__cause__ is not None:  # MONAI wraps the reader's own message
+        err = err.__cause__
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def inference_input_or_exit(path: PathLike, channels: int = 1) -> PathLike:
+    """:func:`check_inference_input` for a bundle's ``initialize``: a refused input ends the run with one line
+    on stderr and exit status 1, before the network, the checkpoint or any output is touched."""
+    try:
+        check_inference_input(path, channels)
+    except DataValidationError as err:
+        raise SystemExit(f"error: {err}") from None
+    return path

@@ -231,3 +231,33 @@ def test_segmentation_of_a_volume_does_not_depend_on_how_it_is_stored(trained, r
         np.testing.assert_allclose(pred.affine, aff, atol=1e-4)
         predictions[label] = np.asarray(pred.dataobj)
     np.testing.assert_array_equal(predictions["permuted"].transpose(0, 2, 1), predictions["axial"])
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_inference_refuses_an_unusable_input_in_one_line_and_writes_nothing(name, tmp_path):
+    """From the command line a user runs: exit status 1, one line naming the file and the problem, no
+    traceback, no output folder (the input is checked before the network or the checkpoint is touched)."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    data = np.random.default_rng(0).random((16, 16, 2), dtype=np.float32)
+    data[3, 4, 1] = np.nan
+    bad = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), bad)
+    cfg = BUNDLES_DIR / name / "configs"
+    out = tmp_path / "predictions"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "monai.bundle", "run",
+            "--config_file", f"['{cfg / 'train.json'}','{cfg / 'inference.json'}']",
+            "--bundle_root", str(BUNDLES_DIR / name), "--input_path", str(bad), "--output_dir", str(out),
+            "--ckpt_dir", str(tmp_path / "no_checkpoint"),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert lines == [f"error: {bad}: the image holds NaN or Inf values."], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not out.exists()

@@ -195,3 +195,49 @@ def test_files_are_read_once_until_one_changes(site, monkeypatch):
     nan = np.full((8, 8, 4), np.nan, np.float32)
     _nii(site / "img0.nii.gz", nan)  # a file changed after it passed: read again, and refused
     _fails(datalist, "segmentation", "img0.nii.gz", "NaN")
+
+
+def test_inference_inputs_are_read_as_the_bundle_reads_them_or_refused_naming_the_file(tmp_path):
+    """Every refusal names the file and the problem in one line; a usable NIfTI, DICOM and DICOM series pass."""
+    from PIL import Image
+
+    from omnifm_monai.data import packaged_image
+    from omnifm_monai.data.validation import check_inference_input
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random((16, 16, 3), dtype=np.float32), np.eye(4)), good)
+    check_inference_input(good)
+    check_inference_input(packaged_image("MR_small.dcm"))
+
+    def nifti(name, data):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / name)
+        return tmp_path / name
+
+    nan = rng.random((16, 16, 3), dtype=np.float32)
+    nan[2, 3, 1] = np.nan
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[:60])
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8), "RGB").save(tmp_path / "colour.png")
+    import pydicom
+
+    ds = pydicom.dcmread(packaged_image("MR_small.dcm"))
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # one sagittal slice
+    sagittal = tmp_path / "sagittal.dcm"
+    ds.save_as(sagittal)
+    cases = {
+        nifti("nan.nii.gz", nan): "NaN",
+        nifti("constant.nii.gz", np.full((16, 16, 3), 7.0, np.float32)): "constant",
+        nifti("four_d.nii.gz", rng.random((8, 8, 4, 2, 3), dtype=np.float32)): "spatial dimensions",
+        truncated: "cannot be read",
+        tmp_path / "empty.nii.gz": "empty",
+        tmp_path / "colour.png": "grey",
+        tmp_path / "missing.nii.gz": "no such file",
+        sagittal: "orientation",
+    }
+    for path, problem in cases.items():
+        with pytest.raises(DataValidationError, match=problem) as err:
+            check_inference_input(path)
+        message = str(err.value)
+        assert message.startswith(str(path)) and "\n" not in message, message

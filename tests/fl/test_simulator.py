@@ -185,30 +185,41 @@ def test_every_strategy_runs_a_round(reference_sites, tmp_path, strategy):
     assert values and all(math.isfinite(v) and 0 <= v <= 1 for v in values)
 
 
-def test_fine_tuning_starts_from_the_matching_tensors_of_another_run(reference_sites, tmp_path):
+def test_fine_tuning_starts_from_the_matching_tensors_of_another_run(reference_sites, tmp_path, monkeypatch):
     """``init_weights``: a FedAvg model (OmniFM parts off) seeds the backbone of an OmniFM run; the OmniFM
-    parts, absent from it, keep their own initialisation (rounds=0: the initial global model is saved)."""
+    parts, absent from it, keep their own initialisation."""
+    from omnifm_monai.fl import simulator
+    from omnifm_monai.fl.engine import load_matching, make_strategy, site_network
+
     _run(tmp_path / "pre", reference_sites, "fedavg", rounds=1)
     pre = torch.load(tmp_path / "pre" / "global_model.pt", weights_only=True)
-    _run(tmp_path / "fresh", reference_sites, "omnifm", rounds=0, seed=3)
+    started = {}
+
+    def spy(network, weights):  # the network the run starts from, right after the weights are loaded
+        loaded = load_matching(network, weights)
+        started.update({k: v.detach().clone() for k, v in network.state_dict().items()})
+        return loaded
+
+    monkeypatch.setattr(simulator, "load_matching", spy)
     _run(
         tmp_path / "tuned",
         reference_sites,
         "omnifm",
-        rounds=0,
+        rounds=1,
         seed=3,
         init_weights=str(tmp_path / "pre" / "global_model.pt"),
     )
-    fresh, tuned = (
-        torch.load(tmp_path / d / "global_model.pt", weights_only=True) for d in ("fresh", "tuned")
-    )
-    backbone = [k for k in tuned if k in pre and pre[k].shape == tuned[k].shape]
+    strategy = make_strategy(BUNDLE, "omnifm", SITES, dataset_dir=str(reference_sites / SITES[0]))[0]
+    fresh = site_network(
+        BUNDLE, strategy, SMALL, seed=3, dataset_dir=str(reference_sites / SITES[0])
+    ).state_dict()
+    backbone = [k for k in started if k in pre and pre[k].shape == started[k].shape]
     assert any(k.startswith("backbone.") for k in backbone)
-    assert all(torch.equal(tuned[k], pre[k]) for k in backbone)
+    assert all(torch.equal(started[k], pre[k]) for k in backbone)
     assert any(
         not torch.equal(fresh[k], pre[k]) for k in backbone if pre[k].is_floating_point()
     )  # it did change them
-    assert all(torch.equal(tuned[k], fresh[k]) for k in tuned if k not in pre)
+    assert all(torch.equal(started[k], fresh[k]) for k in started if k not in pre)
 
 
 def test_centralized_model_is_tested_on_every_site(reference_sites, tmp_path):

@@ -418,7 +418,8 @@ def test_malformed_or_nan_strategy_extras_reject_one_site_not_the_round():
     w = _weights(100)
     omnifm = get_strategy("omnifm", sites=["a"], embed_dim=4, capacity=16, modalities=["T1", "T2"])
     keys = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
-    good = {"bank_keys": keys, "modality": "T1", "bank_hits": torch.zeros(0)}
+    personal = {"private_gate.alpha": torch.tensor([0.1]), "backbone.bn1.num_batches_tracked": torch.tensor(3)}
+    good = {"bank_keys": keys, "modality": "T1", "bank_hits": torch.zeros(0), "personal": personal}
     cases = {
         "nan": {**good, "bank_keys": torch.full((3, 4), float("nan"))},
         "shape": {**good, "bank_keys": torch.zeros(3, 5)},
@@ -431,6 +432,7 @@ def test_malformed_or_nan_strategy_extras_reject_one_site_not_the_round():
     _, state, rejected = aggregate_round(omnifm, w, updates, omnifm.init_state(w))
     assert set(rejected) == set(cases), rejected
     assert torch.isfinite(state["bank"]["keys"]).all() and len(state["bank"]["keys"]) == 3
+    assert state["onboarding"]["backbone.bn1.num_batches_tracked"] == 3  # integer counters pass and average
 
     scaffold = get_strategy("scaffold", num_sites=2)
     state = scaffold.init_state(w)

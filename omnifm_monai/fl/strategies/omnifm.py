@@ -118,8 +118,11 @@ class OmniFMStrategy(Strategy):
             problem = tensor_problem(
                 "bank_hits", hits.float() if isinstance(hits, torch.Tensor) else hits, (None,)
             )
-        for key, value in (extra.get("personal") or {}).items():
-            problem = problem or tensor_problem(f"personal[{key}]", value)
+        for key, value in (extra.get("personal") or {}).items():  # floating weights, integer norm counters
+            if not isinstance(value, torch.Tensor):
+                problem = problem or f"personal[{key}] is a {type(value).__name__}, not a tensor"
+            elif value.is_floating_point():
+                problem = problem or tensor_problem(f"personal[{key}]", value)
         return problem
 
     def aggregate(self, global_weights, updates, state):
