@@ -418,7 +418,10 @@ def test_malformed_or_nan_strategy_extras_reject_one_site_not_the_round():
     w = _weights(100)
     omnifm = get_strategy("omnifm", sites=["a"], embed_dim=4, capacity=16, modalities=["T1", "T2"])
     keys = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
-    personal = {"private_gate.alpha": torch.tensor([0.1]), "backbone.bn1.num_batches_tracked": torch.tensor(3)}
+    personal = {
+        "private_gate.alpha": torch.tensor([0.1]),
+        "backbone.bn1.num_batches_tracked": torch.tensor(3),
+    }
     good = {"bank_keys": keys, "modality": "T1", "bank_hits": torch.zeros(0), "personal": personal}
     cases = {
         "nan": {**good, "bank_keys": torch.full((3, 4), float("nan"))},
