@@ -29,6 +29,7 @@ __all__ = [
     "REQUIRED_KEYS",
     "check_datalist",
     "check_inference_input",
+    "check_settings",
     "inference_input_or_exit",
     "read_image",
     "validate_datalist",
@@ -101,12 +102,14 @@ def _resolve(base: Path, value: Any, where: str, key: str) -> Path:
     return path
 
 
-def _check_index(item: dict, where: str, names: list | None, what: str) -> None:
+def _check_index(item: dict, where: str, names: list | None, what: str, count: int | None = None) -> None:
     label = item["label"]
     if isinstance(label, bool) or not isinstance(label, int):
         raise DataValidationError(f"{where}: label {label!r} is not an integer {what} index.")
-    if label < 0 or (names is not None and label >= len(names)):
-        raise DataValidationError(f"{where}: label {label} out of range for {len(names or [])} {what}s.")
+    count = len(names) if names is not None else count
+    if label < 0 or (count is not None and label >= count):
+        plural = "classes" if what == "class" else f"{what}s"
+        raise DataValidationError(f"{where}: label {label} out of range for {count} {plural}.")
     if (
         what == "answer"
         and names is not None
@@ -139,7 +142,7 @@ def _check_label_map(path: Path, where: str, allowed: set[int] | None) -> None:
     values = {int(v) for v in np.unique(data)}
     if allowed is not None and not values <= allowed:
         raise DataValidationError(
-            f"{where}: label map {path} has values {sorted(values - allowed)} not in the datalist's labels {sorted(allowed)}."
+            f"{where}: label map {path} has values {sorted(values - allowed)} not in the labels {sorted(allowed)}."
         )
 
 
@@ -180,6 +183,7 @@ def validate_datalist(
     check_images: bool = True,
     expected_channels: int | None = None,
     max_items: int | None = None,
+    num_classes: int | None = None,
 ) -> dict:
     """Validate a datalist in the common form and the files it lists; raise :class:`DataValidationError`.
 
@@ -191,6 +195,8 @@ def validate_datalist(
             otherwise only check that the files exist.
         expected_channels: channels every image must have (a list of files counts their sum).
         max_items: read at most this many items per split (existence is checked for all).
+        num_classes: the classes the bundle's network predicts: label values (segmentation) or indices
+            (classification) must lie in ``[0, num_classes)``, whether or not the datalist declares them.
 
     Returns:
         ``{"datalist": path, "task": task, "items": {split: n}, "files_read": n}`` (the files checked; they
@@ -214,6 +220,12 @@ def validate_datalist(
         raise DataValidationError(f"{path}: the 'training' list is missing or empty.")
     base = Path(base_dir) if base_dir is not None else path.parent
     allowed = _label_values(datalist.get("labels"))
+    if num_classes is not None:
+        if allowed is not None and any(not 0 <= v < num_classes for v in allowed):
+            raise DataValidationError(
+                f"{path}: declared labels {sorted(allowed)} do not fit the network's {num_classes} classes."
+            )
+        allowed = allowed if allowed is not None else set(range(num_classes))
     counts, to_read = {}, []
     for split in SPLITS:
         items = datalist.get(split) or []
@@ -231,14 +243,23 @@ def validate_datalist(
             label_path = _resolve(base, item["label"], where, "label") if task == "segmentation" else None
             if task in ("classification", "vqa"):
                 names = datalist.get("classes" if task == "classification" else "answers")
-                _check_index(item, where, names, "class" if task == "classification" else "answer")
+                what = "class" if task == "classification" else "answer"
+                _check_index(item, where, names, what, num_classes if task == "classification" else None)
             if check_images and (max_items is None or i < max_items):
                 to_read.append((where, image_paths, label_path))
         counts[split] = len(items)
     # every workflow of a site (training, evaluation, each federated round's rebuild) checks the same files:
     # read them once per process while neither the datalist nor any file changed (size and mtime)
     files = [path] + [p for _, images, label in to_read for p in (*images, label) if p is not None]
-    fingerprint = (task, str(base.resolve()), expected_channels, max_items, check_images, _stats(files))
+    fingerprint = (
+        task,
+        str(base.resolve()),
+        expected_channels,
+        max_items,
+        check_images,
+        num_classes,
+        _stats(files),
+    )
     if fingerprint not in _VALIDATED:
         for where, image_paths, label_path in to_read:
             _check_item(where, image_paths, label_path, expected_channels, allowed)
@@ -254,9 +275,10 @@ def check_datalist(
     check_images: bool = True,
     expected_channels: int | None = None,
     max_items: int | None = None,
+    num_classes: int | None = None,
 ) -> str:
     """:func:`validate_datalist`, then return ``datalist_path``: a drop-in for a bundle config's datalist id."""
-    validate_datalist(datalist_path, task, base_dir, check_images, expected_channels, max_items)
+    validate_datalist(datalist_path, task, base_dir, check_images, expected_channels, max_items, num_classes)
     return str(datalist_path)
 
 
@@ -317,3 +339,15 @@ def inference_input_or_exit(path: PathLike, channels: int = 1) -> PathLike:
     except DataValidationError as err:
         raise SystemExit(f"error: {err}") from None
     return path
+
+
+def check_settings(**settings: Any) -> None:
+    """Refuse training settings that are not positive numbers (``learning_rate``: any number; the others:
+    integers), naming the setting, before any handler writes a file: a bundle's first ``initialize`` entry.
+    ``--max_epochs abc`` on the command line otherwise fails epochs later, inside the trainer."""
+    for name, value in settings.items():
+        integer = name != "learning_rate"
+        kinds = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+            kind = "integer" if integer else "number"
+            raise DataValidationError(f"the setting {name} must be a positive {kind}, got {value!r}.")

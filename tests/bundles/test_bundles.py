@@ -261,3 +261,24 @@ def test_inference_refuses_an_unusable_input_in_one_line_and_writes_nothing(name
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert lines == [f"error: {bad}: the image holds NaN or Inf values."], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_a_setting_that_is_not_a_positive_number_fails_before_training_writes_anything(
+    name, reference_sites, tmp_path
+):
+    from omnifm_monai.data import DataValidationError
+
+    for setting, value in (("max_epochs", "abc"), ("batch_size", 0), ("learning_rate", -1e-3)):
+        workflow = _workflow(
+            name, ["train.json"], "train", _overrides(name, reference_sites, tmp_path, **{setting: value})
+        )
+        with pytest.raises(Exception) as err:  # MONAI wraps it in its config-evaluation error
+            workflow.initialize()
+        cause = err.value
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        assert isinstance(cause, DataValidationError) and f"setting {setting} must be a positive" in str(
+            cause
+        )
+        assert not any(tmp_path.rglob("*")), setting  # no checkpoint, log or TensorBoard file

@@ -241,3 +241,16 @@ def test_inference_inputs_are_read_as_the_bundle_reads_them_or_refused_naming_th
             check_inference_input(path)
         message = str(err.value)
         assert message.startswith(str(path)) and "\n" not in message, message
+
+
+def test_labels_outside_the_networks_classes_are_refused_without_a_declared_label_list(site):
+    """Without a top-level ``labels`` / ``classes`` list, the bundle's ``num_classes`` bounds the values, so a
+    label the network cannot predict fails before training instead of inside epoch 1."""
+    datalist = json.loads((site / "datalist.json").read_text())
+    undeclared = _datalist(site, "undeclared.json", training=datalist["training"])
+    assert validate_datalist(undeclared, "segmentation", num_classes=3)  # values 0-2
+    _fails(undeclared, "segmentation", "seg1.nii.gz", "[2]", "[0, 1]", num_classes=2)
+    _fails(site / "datalist.json", "segmentation", "declared labels", num_classes=2)  # 0-2 declared
+    cls = _datalist(site, "cls.json", training=[{"image": "img0.nii.gz", "label": 7}])
+    _fails(cls, "classification", "cls.json", "label 7 out of range for 4 classes", num_classes=4)
+    assert validate_datalist(cls, "classification")  # no bound known: any index >= 0
