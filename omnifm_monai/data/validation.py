@@ -32,6 +32,7 @@ __all__ = [
     "check_settings",
     "inference_input_or_exit",
     "read_image",
+    "root_cause",
     "validate_datalist",
 ]
 
@@ -301,7 +302,7 @@ def check_inference_input(path: PathLike, channels: int = 1) -> None:
     try:
         image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
     except Exception as err:
-        raise DataValidationError(f"{path}: cannot be read as an image ({_reason(err)}).") from None
+        raise DataValidationError(f"{path}: cannot be read as an image ({root_cause(err)}).") from None
     data = np.asarray(image)
     if data.ndim - 1 > 3:
         raise DataValidationError(
@@ -320,14 +321,16 @@ def check_inference_input(path: PathLike, channels: int = 1) -> None:
         Orientation(axcodes="RAS")(image)
     except Exception as err:
         raise DataValidationError(
-            f"{path}: its orientation cannot be brought to RAS ({_reason(err)}); a single non-axial slice is not "
+            f"{path}: its orientation cannot be brought to RAS ({root_cause(err)}); a single non-axial slice is not "
             "supported: give the volume or an axial slice."
         ) from None
 
 
-def _reason(err: BaseException) -> str:
-    while err.__cause__ is not None:  # MONAI wraps the reader's own message
-        err = err.__cause__
+def root_cause(err: BaseException) -> str:
+    """The innermost exception of a chain as one line (MONAI's reader and config layers wrap the one that
+    names the file and the problem)."""
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 

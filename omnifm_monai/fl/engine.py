@@ -20,6 +20,8 @@ from monai.fl.utils.constants import WeightType
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.utils import set_determinism
 
+from omnifm_monai.data.validation import root_cause
+
 from .bundle import argument_names, build_network, network_class
 from .client import EXTRA_KEY, OmniFMClientAlgo
 from .strategies import ClientUpdate, Strategy, Weights, strategy_class, validate_update
@@ -128,13 +130,6 @@ def make_clients(
             continue
         clients[name] = client
     return clients
-
-
-def root_cause(err: BaseException) -> str:
-    """The innermost exception of a chain as one line (MONAI's config layers wrap the one that names the file)."""
-    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
-        err = err.__cause__ or err.__context__
-    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
 
 def site_states(clients: Mapping[str, OmniFMClientAlgo]) -> dict[str, dict[str, Any]]:

@@ -98,8 +98,14 @@ class OmniFMStrategy(Strategy):
 
     def validate_extra(self, update, state):
         extra, dim = update.extra, self.bank_config["embed_dim"]
-        if extra.get("bank_keys") is None:
-            return None
+        problem = None
+        for key, value in (extra.get("personal") or {}).items():  # floating weights, integer norm counters
+            if not isinstance(value, torch.Tensor):
+                problem = problem or f"personal[{key}] is a {type(value).__name__}, not a tensor"
+            elif value.is_floating_point():
+                problem = problem or tensor_problem(f"personal[{key}]", value)
+        if problem or extra.get("bank_keys") is None:
+            return problem
         problem = tensor_problem("bank_keys", extra["bank_keys"], (None, dim))
         if problem is None and len(extra["bank_keys"]) == 0:
             problem = "bank_keys is empty"
@@ -118,11 +124,6 @@ class OmniFMStrategy(Strategy):
             problem = tensor_problem(
                 "bank_hits", hits.float() if isinstance(hits, torch.Tensor) else hits, (None,)
             )
-        for key, value in (extra.get("personal") or {}).items():  # floating weights, integer norm counters
-            if not isinstance(value, torch.Tensor):
-                problem = problem or f"personal[{key}] is a {type(value).__name__}, not a tensor"
-            elif value.is_floating_point():
-                problem = problem or tensor_problem(f"personal[{key}]", value)
         return problem
 
     def aggregate(self, global_weights, updates, state):
