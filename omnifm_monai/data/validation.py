@@ -286,21 +286,27 @@ def check_datalist(
 def check_inference_input(path: PathLike, channels: int = 1) -> None:
     """Refuse an inference input the bundle cannot use, with :class:`DataValidationError` naming the file.
 
-    The input is read as the bundle will read it (MONAI's ``LoadImage``, channel first; a DICOM series
-    folder as one volume). Refused: a missing or empty file, a file no reader can decode (truncated, no
-    pixel data), more than 3 spatial dimensions, a channel count other than ``channels`` (an RGB image:
-    convert it to grey first), NaN or Inf values, a constant image (nothing to segment or classify), and an
-    image MONAI cannot reorient to RAS (a single sagittal or coronal slice).
+    The input is read as the bundle will read it (MONAI's ``LoadImage`` with
+    :class:`~omnifm_monai.data.dicom.ClinicalDicomReader`, channel first; a DICOM series folder as one volume;
+    a multi-frame DICOM as a volume of its frames; a colour DICOM as grey) and reoriented as the bundle will
+    (:class:`~omnifm_monai.transforms.PlaneOrientation` to RAS; a single slice of any plane stays one slice).
+    Refused: a missing or empty file, a file no reader can decode (truncated, no pixel data), more than 3
+    spatial dimensions, a channel count other than ``channels`` (a colour PNG / JPEG / TIFF: convert it to
+    grey first; a 4D NIfTI: choose one volume), NaN or Inf values, a constant image (nothing to segment or
+    classify), and an image whose affine cannot be reoriented.
     """
     path = Path(path)
     if not path.exists():
         raise DataValidationError(f"{path}: no such file or folder.")
     if path.is_file() and path.stat().st_size == 0:
         raise DataValidationError(f"{path}: the file is empty (0 bytes).")
-    from monai.transforms import LoadImage, Orientation
+    from monai.transforms import LoadImage
+
+    from omnifm_monai.data.dicom import ClinicalDicomReader
+    from omnifm_monai.transforms.planar import PlaneOrientation
 
     try:
-        image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        image = LoadImage(reader=ClinicalDicomReader, image_only=True, ensure_channel_first=True)(str(path))
     except Exception as err:
         raise DataValidationError(f"{path}: cannot be read as an image ({root_cause(err)}).") from None
     data = np.asarray(image)
@@ -309,7 +315,7 @@ def check_inference_input(path: PathLike, channels: int = 1) -> None:
             f"{path}: {data.ndim - 1} spatial dimensions {data.shape[1:]}; at most 3 are supported."
         )
     if data.shape[0] != channels:
-        hint = " (colour: convert it to grey first)" if data.shape[0] in (3, 4) else ""
+        hint = " (colour: convert it to grey first)" if data.shape[0] in (3, 4) else " (choose one volume)"
         raise DataValidationError(f"{path}: {data.shape[0]} channels, the bundle expects {channels}{hint}.")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise DataValidationError(f"{path}: the image holds NaN or Inf values.")
@@ -317,12 +323,11 @@ def check_inference_input(path: PathLike, channels: int = 1) -> None:
         raise DataValidationError(
             f"{path}: the image is constant ({data.flat[0] if data.size else 'empty'} everywhere)."
         )
-    try:  # every bundle reorients to RAS; a single slice outside the axial plane has no 2D RAS orientation
-        Orientation(axcodes="RAS")(image)
+    try:  # every bundle reorients to RAS (a single slice within its own plane)
+        PlaneOrientation(axcodes="RAS")(image)
     except Exception as err:
         raise DataValidationError(
-            f"{path}: its orientation cannot be brought to RAS ({root_cause(err)}); a single non-axial slice is not "
-            "supported: give the volume or an axial slice."
+            f"{path}: its orientation cannot be brought to RAS ({root_cause(err)})."
         ) from None
 
 

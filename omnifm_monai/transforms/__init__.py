@@ -32,7 +32,7 @@ from .dictionary import (
     SuperResolutionDegraded,
     SuperResolutionDegradeDict,
 )
-from .planar import ResizePlanard, SliceItemsd
+from .planar import PlaneOrientation, PlaneOrientationd, ResizePlanard, SliceItemsd, plane_axcodes
 from .text import PAD, UNKNOWN, TokenizeQuestiond, build_vocabulary, words
 
 __all__ = [
@@ -63,9 +63,12 @@ __all__ = [
     "amplitude_bank",
     "PAD",
     "UNKNOWN",
+    "PlaneOrientation",
+    "PlaneOrientationd",
     "ResizePlanard",
     "SliceItemsd",
     "TokenizeQuestiond",
     "build_vocabulary",
+    "plane_axcodes",
     "words",
 ]

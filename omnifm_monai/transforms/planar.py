@@ -4,10 +4,46 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import numpy as np
+import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Resized
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Orientation, Orientationd, Resized
 
-__all__ = ["ResizePlanard", "SliceItemsd"]
+__all__ = ["PlaneOrientation", "PlaneOrientationd", "ResizePlanard", "SliceItemsd", "plane_axcodes"]
+
+
+def plane_axcodes(image: torch.Tensor, axcodes: str = "RAS") -> str:
+    """``axcodes`` for a volume; for a single slice (one spatial axis of size 1), ``axcodes`` reordered so
+    that the slice's normal comes last and its plane keeps the first two axes: ``ASR`` for a sagittal
+    slice, ``RSA`` for a coronal one. The 2D networks run on the last axis's slices."""
+    shape = tuple(image.shape[1:])
+    if not isinstance(image, MetaTensor) or len(shape) != 3 or shape.count(1) != 1:
+        return axcodes
+    column = np.asarray(image.affine, dtype=float)[:3, shape.index(1)]
+    normal = int(np.argmax(np.abs(column)))  # the world axis (0 = R/L, 1 = A/P, 2 = S/I) the slice faces
+    return "".join(c for i, c in enumerate(axcodes) if i != normal) + axcodes[normal]
+
+
+class PlaneOrientation(Orientation):
+    """MONAI's ``Orientation`` to ``axcodes`` that keeps a single slice in its own plane (:func:`plane_axcodes`):
+    a sagittal or coronal slice becomes one 2D slice on the last axis, not a stack of 1-pixel strips."""
+
+    def __call__(self, data_array: torch.Tensor, lazy: bool | None = None) -> torch.Tensor:
+        target = self.axcodes
+        self.axcodes = plane_axcodes(data_array, target)
+        try:
+            return super().__call__(data_array, lazy=lazy)
+        finally:
+            self.axcodes = target
+
+
+class PlaneOrientationd(Orientationd):
+    """Dictionary version of :class:`PlaneOrientation`; ``Invertd`` restores the original orientation."""
+
+    def __init__(self, keys: KeysCollection, axcodes: str = "RAS", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, axcodes=axcodes, allow_missing_keys=allow_missing_keys)
+        self.ornt_transform = PlaneOrientation(axcodes=axcodes)
 
 
 class ResizePlanard(Resized):

@@ -15,6 +15,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_ne
 from monai.transforms import LoadImage
 
 from omnifm_monai.data import packaged_image
+from omnifm_monai.data.dicom import ClinicalDicomReader
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 SCHEMA = BUNDLES_DIR / "metadata_schema.json"
@@ -88,6 +89,27 @@ def _dicom_series(folder: Path, depth: int = 3) -> Path:
     return folder
 
 
+def _dicom_slice(path: Path, orientation: list[int]) -> Path:
+    """The real MR slice with its header's orientation set to ``orientation`` (ImageOrientationPatient)."""
+    ds = pydicom.dcmread(packaged_image("MR_small.dcm"))
+    ds.ImageOrientationPatient = orientation
+    ds.save_as(path)
+    return path
+
+
+def _multi_frame(path: Path, frames: int = 3) -> Path:
+    """The real MR slice and shifted copies of it as one multi-frame DICOM file."""
+    ds = pydicom.dcmread(packaged_image("MR_small.dcm"))
+    pixels = np.stack([np.roll(ds.pixel_array, 4 * i, axis=0) for i in range(frames)])
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(path)
+    return path
+
+
+PLANES = {"axial": [1, 0, 0, 0, 1, 0], "sagittal": [0, 1, 0, 0, 0, -1], "coronal": [1, 0, 0, 0, 0, -1]}
+
+
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def trained(request, reference_sites, tmp_path_factory):
     """Train each bundle for one epoch in a temporary folder; yields (name, overrides)."""
@@ -118,7 +140,7 @@ def test_evaluate_reports_finite_metrics(trained):
         assert "val_hd95" in metrics
 
 
-@pytest.mark.parametrize("source", ["nifti", "dicom", "dicom_series"])
+@pytest.mark.parametrize("source", ["nifti", "dicom", "dicom_sagittal", "dicom_series", "multi_frame"])
 def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_path):
     name, overrides = trained
     spec = SPECS[name]
@@ -127,6 +149,10 @@ def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_p
         input_path = str(reference_sites / spec["site"] / datalist["test"][0]["image"])
     elif source == "dicom":
         input_path = packaged_image("MR_small.dcm")
+    elif source == "dicom_sagittal":
+        input_path = str(_dicom_slice(tmp_path / "sagittal.dcm", PLANES["sagittal"]))
+    elif source == "multi_frame":
+        input_path = str(_multi_frame(tmp_path / "frames.dcm"))
     else:
         input_path = str(_dicom_series(tmp_path / "series"))
     out_dir = tmp_path / "predictions"
@@ -140,16 +166,46 @@ def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_p
     )
     written = list(out_dir.iterdir())
     assert len(written) == 1 and spec["postfix"] in written[0].name
-    image = LoadImage(image_only=True)(input_path)
+    image = LoadImage(reader=ClinicalDicomReader, image_only=True)(input_path)
     if spec["output"] == "nifti":
         pred = LoadImage(image_only=True)(written[0])
         assert tuple(pred.shape) == tuple(image.shape)
         np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
     else:
         result = json.loads(written[0].read_text())
-        depth = image.shape[-1] if image.ndim == 3 and source == "dicom_series" else 1
+        depth = image.shape[-1] if source in ("dicom_series", "multi_frame") else 1
         assert len(result["predictions"]) == depth
         assert all(0.0 <= p["probability"] <= 1.0 for p in result["predictions"])
+
+
+def test_a_slice_is_segmented_alike_whatever_plane_its_header_names(trained, tmp_path):
+    """One MR slice whose header says axial, sagittal or coronal: each is oriented within its own plane (these
+    three orientations all reach RAS by flipping both in-plane axes), so the network sees the same 2D image
+    and the label maps, written on the input's grid, are equal. Oriented as a volume, the non-axial slices
+    would become stacks of 1-pixel strips."""
+    name, overrides = trained
+    if name != "omnifm_segmentation":
+        pytest.skip("a property of the segmentation bundle's label map")
+    maps = {}
+    for plane, orientation in PLANES.items():
+        path = _dicom_slice(tmp_path / f"{plane}.dcm", orientation)
+        out_dir = tmp_path / f"pred_{plane}"
+        _run(
+            _workflow(
+                name,
+                ["train.json", "inference.json"],
+                "infer",
+                {**overrides, "input_path": str(path), "output_dir": str(out_dir)},
+            )
+        )
+        pred = LoadImage(image_only=True)(next(out_dir.iterdir()))
+        np.testing.assert_allclose(
+            pred.affine, LoadImage(reader=ClinicalDicomReader, image_only=True)(str(path)).affine, atol=1e-4
+        )
+        maps[plane] = np.asarray(pred)
+    assert len(np.unique(maps["axial"])) > 1  # something was segmented
+    np.testing.assert_array_equal(maps["sagittal"], maps["axial"])
+    np.testing.assert_array_equal(maps["coronal"], maps["axial"])
 
 
 def test_verify_metadata_and_net_in_out(trained):

@@ -45,3 +45,35 @@ def test_vocabulary_and_tokenisation_round_trip():
     assert len(tok({"q": " ".join(["is"] * 10)})["q"]) == 6  # truncated
     with pytest.raises(ValueError, match="vocabulary"):
         TokenizeQuestiond("q", ["a", "b"])
+
+
+def test_plane_orientation_keeps_a_single_slice_in_its_plane_and_its_voxels_in_place():
+    """A sagittal / coronal slice goes to RAS with its normal last (ASR / RSA): one slice on the last axis,
+    each voxel at the same world position; a volume goes to RAS; Invertd-style inverse restores the input."""
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+
+    from omnifm_monai.transforms import PlaneOrientation, PlaneOrientationd
+
+    values = torch.arange(1 * 4 * 3 * 1, dtype=torch.float32).reshape(1, 4, 3, 1)
+    # array axes (i, j, k) -> world: i along -S, j along +A, k (the singleton) along +R: a sagittal slice
+    affine = torch.tensor([[0, 0, 2.0, 0], [0, 1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 1]])
+    image = MetaTensor(values, affine=affine)
+    out = PlaneOrientation(axcodes="RAS")(image)
+    assert out.shape == (1, 3, 4, 1)  # (A, S, R): the plane first, the normal last
+
+    def world(img):
+        a = np.asarray(img.affine)
+        idx = np.stack(np.meshgrid(*[np.arange(n) for n in img.shape[1:]], indexing="ij"), -1).reshape(-1, 3)
+        pos = idx @ a[:3, :3].T + a[:3, 3]
+        return {tuple(np.round(p, 6)): float(v) for p, v in zip(pos, img[0].numpy().reshape(-1), strict=True)}
+
+    assert world(out) == world(image)
+    volume = MetaTensor(torch.rand(1, 4, 3, 2), affine=affine)
+    assert PlaneOrientation(axcodes="RAS")(volume).shape == (1, 2, 3, 4)  # a volume: plain RAS
+    xform = PlaneOrientationd(keys="image", axcodes="RAS")
+    restored = xform.inverse(xform({"image": image}))["image"]
+    assert torch.equal(restored.as_tensor(), values) and torch.allclose(
+        restored.affine.double(), affine.double()
+    )
