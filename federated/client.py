@@ -5,6 +5,10 @@ the global shared weights and the strategy payload, evaluates the global model o
 runs :func:`omnifm_monai.fl.engine.client_round` (the per-site round the in-process simulator runs, seeded the same
 way), and sends its update. The site's data folder comes from ``--dataset_dir`` or, when absent, from the
 ``OMNIFM_DATASET_DIR`` environment variable of the site (production: the job carries no hospital paths).
+
+A site fails as in the simulator: one that cannot start (its data fails validation) logs why and answers every
+round with an empty result, one whose round raises does so for that round only, and the server leaves it out
+of those rounds; an exception left to NVFlare would end the whole job.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import nvflare.client as flare
 import torch
 
+from omnifm_monai.data.validation import root_cause
 from omnifm_monai.fl.engine import (
     client_round,
     evaluation_data,
@@ -29,6 +34,8 @@ from omnifm_monai.fl.engine import (
 from omnifm_monai.fl.nvflare import payload_from_meta, to_torch, update_to_flmodel
 
 DATASET_ENV = "OMNIFM_DATASET_DIR"
+# torch threads of every site process (job.py sets it when the sites share a machine)
+THREADS_ENV = "OMNIFM_THREADS"
 logger = logging.getLogger("omnifm_monai.fl.nvflare.client")
 
 
@@ -111,19 +118,12 @@ def resolve_bundle(bundle: str) -> str:
     return str(path)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    # sites that share one machine (SimEnv, PoC) would each start a thread per core and oversubscribe it
-    threads = int(os.environ.get("OMNIFM_THREADS", "0"))
-    if threads > 0:
-        torch.set_num_threads(threads)
-    flare.init()
-    site = flare.get_site_name()
+def setup_site(args: argparse.Namespace, site: str):
+    """This site's client and seed index, built as the simulator builds them (same seed -> the same private
+    state at the start). Raises when the site cannot take part (no data folder, data failing validation)."""
     dataset_dir = args.dataset_dir or os.environ.get(DATASET_ENV)
     if not dataset_dir:
-        raise RuntimeError(
-            f"site {site}: no data folder; pass --dataset_dir or set {DATASET_ENV} on the site."
-        )
+        raise RuntimeError(f"no data folder; pass --dataset_dir or set {DATASET_ENV} on the site.")
     bundle = resolve_bundle(args.bundle)
     options = dict(args.strategy_options)
     strategy, _ = make_strategy(
@@ -131,7 +131,6 @@ def main(argv=None) -> None:
     )
     sites = list(options.get("sites") or [])
     index = args.site_index if args.site_index is not None else (sites.index(site) if site in sites else 0)
-    # the network as the simulator builds it (same seed -> the same private state at the start)
     network = site_network(bundle, strategy, args.overrides, args.seed, dataset_dir=dataset_dir)
     client = make_clients(
         bundle,
@@ -151,16 +150,45 @@ def main(argv=None) -> None:
         strategy.name,
         dataset_dir,
     )
+    return client, index
+
+
+def no_update() -> flare.FLModel:
+    """What a site that cannot train this round sends: an empty result, which the server leaves out of the
+    round (an exception would abort the whole job). The reason stays in the site's own log."""
+    return flare.FLModel(params={}, params_type=flare.ParamsType.FULL)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # sites that share one machine (SimEnv, PoC): job.py sets the simulator's thread count (bit-identical sums)
+    threads = int(os.environ.get(THREADS_ENV, "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    flare.init()
+    site = flare.get_site_name()
+    try:
+        client, index = setup_site(args, site)
+    except Exception as err:  # as the simulator: this site is left out, the others go on
+        client, index = None, None
+        logger.error("site %s left out: %s", site, root_cause(err))
 
     while flare.is_running():
         received = flare.receive()
         if received is None:  # the job ended
             break
+        if client is None:
+            flare.send(no_update())
+            continue
         global_weights = to_torch(received.params or {})
-        payload = payload_from_meta(received.meta, strategy, global_weights)
+        payload = payload_from_meta(received.meta, client.strategy, global_weights)
         # metrics of the global model as received (the previous round's aggregate, with its merged bank)
         # with this site's private state
-        metrics = client.evaluate(evaluation_data(global_weights, payload)).metrics
+        try:
+            metrics = client.evaluate(evaluation_data(global_weights, payload)).metrics
+        except Exception as err:  # as the simulator: no metrics this round, training goes on
+            metrics = {}
+            logger.error("site %s: validation failed, no metrics this round: %s", site, root_cause(err))
         if flare.is_evaluate():  # a validation task (e.g. NVFlare's cross-site evaluation)
             flare.send(flare.FLModel(metrics=metrics))
             continue
@@ -169,9 +197,14 @@ def main(argv=None) -> None:
                 f"site {site}: task {flare.get_task_name()!r} is not supported (train and validate are)."
             )
         lr_scale = round_lr_scale(args.lr_schedule, received.current_round, received.total_rounds)
-        update = client_round(
-            client, global_weights, payload, args.seed, received.current_round, index, lr_scale
-        )
+        try:
+            update = client_round(
+                client, global_weights, payload, args.seed, received.current_round, index, lr_scale
+            )
+        except Exception as err:  # as the simulator: out of this round only, its private state kept
+            logger.error("site %s left out of round %s: %s", site, received.current_round, root_cause(err))
+            flare.send(no_update())
+            continue
         iterations = client.trainer.state.iteration - client.iter_of_start_time
         logger.info("site %s round %s: %s", site, received.current_round, metrics)
         flare.send(update_to_flmodel(update, metrics=metrics, iterations=iterations))

@@ -48,9 +48,33 @@ from omnifm_monai.fl.strategies import STRATEGIES, Strategy, strategy_class
 HERE = Path(__file__).resolve().parent
 FEDERATED = tuple(s for s in STRATEGIES if federated_rounds(STRATEGIES[s]))  # the built-in ones NVFlare runs
 RESULT_MODEL = "FL_global_model.pt"
+THREADS_ENV = "OMNIFM_THREADS"  # client.py sets torch's thread count from it
 JOB_CONFIG = "omnifm_job.json"
 INITIAL_CKPT = "initial_global_model.pt"
 BUNDLE_FILES = "bundle_files"  # its content lands in each client app's custom/ folder
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """``os.environ[name] = value`` while the job runs (its processes inherit it), then as it was."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+class _FedAvgRecipe(FedAvgRecipe):
+    """FedAvgRecipe whose controller leaves a site that fails a round out of it, as the simulator does, instead of
+    ending the job (NVFlare's default needs a result from every site). How many updates a round needs is the
+    aggregator's ``min_updates`` (``--min_sites``): fewer fail the round, and the job, with that count."""
+
+    def _get_controller_kwargs(self) -> dict[str, Any]:
+        return {**super()._get_controller_kwargs(), "ignore_result_error": True}
 
 
 @contextlib.contextmanager
@@ -89,7 +113,7 @@ def build_recipe(
     local_epochs: int = 1,
     overrides: dict[str, Any] | None = None,
     strategy_options: dict[str, Any] | None = None,
-    min_updates: int | None = None,
+    min_sites: int = 1,
     send_weight_diff: bool = False,
     external: bool = False,
     staging: str | None = None,
@@ -104,8 +128,12 @@ def build_recipe(
     interpreter, e.g. ``python3 -u``, for an exported job). ``native_fedavg`` leaves the aggregation to NVFlare's
     own FedAvg (the recipe's default aggregator) instead of :class:`StrategyAggregator`: an independent check
     of our ``fedavg``, and nothing else (no payload, no private keys on the server). ``lr_schedule``: the
-    sites' learning rate over the rounds, as in the simulator (``constant`` or ``cosine``)."""
+    sites' learning rate over the rounds, as in the simulator (``constant`` or ``cosine``). ``min_sites``: valid
+    updates a round needs, as in the simulator; a site that fails (its data does not validate, its training
+    raises) is left out of the round and the job goes on while that many remain."""
     federated_rounds(strategy, check=True)
+    if isinstance(min_sites, bool) or not isinstance(min_sites, int) or not 1 <= min_sites <= len(sites):
+        raise ValueError(f"min_sites must be an integer in 1..{len(sites)} (the sites), got {min_sites!r}.")
     round_lr_scale(lr_schedule, 0, max(rounds, 1))  # an unknown schedule fails here, not on the sites
     if native_fedavg and strategy_class(strategy) is not Strategy:
         raise ValueError(f"native_fedavg runs NVFlare's own FedAvg: it checks `fedavg`, not {strategy!r}.")
@@ -134,7 +162,7 @@ def build_recipe(
     }
     (staging_dir / JOB_CONFIG).write_text(json.dumps(job_config, indent=2))
     with _cwd(staging_dir):
-        recipe = FedAvgRecipe(
+        recipe = (FedAvgRecipe if native_fedavg else _FedAvgRecipe)(
             name=name or f"omnifm_{re.sub(r'[^A-Za-z0-9_-]', '_', strategy)}",
             model=network_spec(
                 bundle_dir, strat, overrides
@@ -146,7 +174,7 @@ def build_recipe(
             train_args=f"--job_config {JOB_CONFIG}",
             aggregator=None
             if native_fedavg
-            else StrategyAggregator(strategy, options, min_updates=min_updates or 1, sites=list(sites)),
+            else StrategyAggregator(strategy, options, min_updates=min_sites, sites=list(sites)),
             key_metric=key_metric(bundle_dir),
             launch_external_process=external,
             command=command or f"{sys.executable} -u",
@@ -220,59 +248,111 @@ def run(
     """Run in SimEnv (one process tree) or PocEnv (server, clients, admin as separate processes on
     loopback); returns the folder that holds the server's result."""
     workspace = str(Path(workspace or tempfile.mkdtemp(prefix="omnifm_nvflare_ws_")).resolve())
-    # every site runs on this machine: share its cores instead of each site using all of them
-    os.environ.setdefault("OMNIFM_THREADS", str(max(1, (os.cpu_count() or 1) // len(sites))))
-    with _cwd(recipe.staging_dir):
+    # every site runs on this machine; each uses the thread count this process (so the in-process simulator)
+    # uses: the same float summation order, so the simulator's global model bit for bit
+    threads = os.environ.get(THREADS_ENV) or str(torch.get_num_threads())
+    with _cwd(recipe.staging_dir), _environ(THREADS_ENV, threads):
         if env == "sim":
-            execution = recipe.run(SimEnv(clients=list(sites), workspace_root=workspace))
+            try:
+                execution = recipe.run(SimEnv(clients=list(sites), workspace_root=workspace))
+            except RuntimeError as err:  # "Simulation failed with return code 2": say why
+                raise RuntimeError(failure(Path(workspace) / recipe.name, sites) or str(err)) from err
             return Path(execution.get_result())
         if env != "poc":
             raise ValueError(f"env must be 'sim' or 'poc', not {env!r}.")
         poc_workspace = os.path.join(workspace, "poc")
-        previous = os.environ.get("NVFLARE_POC_WORKSPACE")
-        os.environ["NVFLARE_POC_WORKSPACE"] = poc_workspace  # PocEnv reads it (default /tmp/nvflare/poc)
-        poc = _PocEnv(clients=list(sites))
-        try:
-            execution = recipe.run(poc)
-            job_id = execution.get_job_id()
-            downloaded = execution.get_result(timeout=timeout, clean_up=False)
-            if downloaded is None:
-                raise RuntimeError(
-                    f"the PoC job {job_id} produced no result (status {execution.get_status()})."
-                )
-            # the download and the sites' logs live in the PoC workspace, which is removed below: keep them
-            result = Path(workspace) / "poc_result" / job_id
-            shutil.copytree(downloaded, result, dirs_exist_ok=True)
-            for site in sites:
-                target = result / "site_logs" / site
-                target.mkdir(parents=True, exist_ok=True)
-                for log in glob.glob(
-                    os.path.join(poc_workspace, "**", site, job_id, "*log*.txt"), recursive=True
-                ):
-                    shutil.copy(log, target)
-            return result
-        finally:
-            poc.stop(clean_up=True)
-            if previous is None:
-                os.environ.pop("NVFLARE_POC_WORKSPACE", None)
-            else:
-                os.environ["NVFLARE_POC_WORKSPACE"] = previous
+        # PocEnv reads NVFLARE_POC_WORKSPACE (default /tmp/nvflare/poc)
+        with _environ("NVFLARE_POC_WORKSPACE", poc_workspace):
+            poc = _PocEnv(clients=list(sites))
+            try:
+                execution = recipe.run(poc)
+                job_id = execution.get_job_id()
+                downloaded = execution.get_result(timeout=timeout, clean_up=False)
+                if downloaded is None:
+                    raise RuntimeError(
+                        f"the PoC job {job_id} produced no result (status {execution.get_status()})."
+                    )
+                # the download and the sites' logs live in the PoC workspace, which is removed below: keep them
+                result = Path(workspace) / "poc_result" / job_id
+                shutil.copytree(downloaded, result, dirs_exist_ok=True)
+                for site in sites:
+                    target = result / "site_logs" / site
+                    target.mkdir(parents=True, exist_ok=True)
+                    for log in glob.glob(
+                        os.path.join(poc_workspace, "**", site, job_id, "*log*.txt"), recursive=True
+                    ):
+                        shutil.copy(log, target)
+                return result
+            finally:
+                poc.stop(clean_up=True)
+
+
+def _logs(result_dir: str | Path, sites: list[str] | None, name: str = "log.txt") -> dict[str, Path]:
+    """The job's logs called ``name`` by owner: a site (its name is a folder on the way: SimEnv's ``<site>/``,
+    PoC's ``site_logs/<site>/``) or ``"server"`` (SimEnv's ``server/``, a PoC download's ``workspace/``)."""
+    logs: dict[str, Path] = {}
+    for path in sorted(Path(result_dir).rglob(name), key=lambda p: (len(p.parts), str(p))):
+        folders = path.relative_to(result_dir).parts[:-1]
+        server = "server" if {"server", "workspace"} & set(folders) else None
+        owner = next((s for s in sites or [] if s in folders), server)
+        if owner:
+            logs.setdefault(owner, path)
+    return logs
+
+
+def _message(line: str) -> str:
+    """A log line without its time stamp, logger, level and NVFlare's ``[context] -`` prefix."""
+    return re.sub(r"^.*? - (ERROR|WARNING|INFO) - (\[.*?\] - )?", "", line).strip()
+
+
+def _first_error(path: Path | None) -> str | None:
+    lines = path.read_text().splitlines() if path and path.is_file() else []
+    return next((_message(line) for line in lines if " - ERROR - " in line), None)
 
 
 def round_seconds(result_dir: str | Path) -> list[float]:
     """Wall time of each round from the server log (round start to the next round's start / the end)."""
-    logs = sorted(
-        glob.glob(str(Path(result_dir) / "**" / "log.txt"), recursive=True),
-        key=lambda p: ("server" not in p, "workspace" not in p),
-    )
+    log = _logs(result_dir, None).get("server")
     marks, last = [], None
-    for line in Path(logs[0]).read_text().splitlines() if logs else []:
+    for line in log.read_text().splitlines() if log else []:
         stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)", line)
         if stamp:
             last = datetime.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
         elif last and re.search(r"Round \d+ started\.|Finished FedAvg\.", line):  # banners carry no timestamp
             marks.append(last)
     return [round((b - a).total_seconds(), 2) for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def left_out(result_dir: str | Path, sites: list[str]) -> dict[str, dict[str, Any]]:
+    """Sites the server left out of rounds, ``{site: {"rounds": [...], "reason": ...}}``: from the server's log
+    the rounds in which a site sent no update (it could not train) or an error, and from the site's own log,
+    where there is one (SimEnv, PoC), its first error line."""
+    log, rounds, rnd = _logs(result_dir, sites).get("server"), {}, None
+    for line in log.read_text().splitlines() if log else []:
+        banner = re.search(r"Round (\d+) started\.", line)
+        rnd = int(banner.group(1)) if banner else rnd
+        hit = re.search(
+            r"Empty result from client (\S+), skipping|Ignore the result from (\S+) at round", line
+        )
+        if hit:
+            rounds.setdefault(hit.group(1) or hit.group(2), set()).add(rnd)
+    errors = _logs(result_dir, sites, "error_log.txt")
+    return {
+        site: {"rounds": sorted(rounds.get(site, ())), "reason": _first_error(errors.get(site))}
+        for site in sites
+        if site in rounds
+    }
+
+
+def failure(result_dir: str | Path, sites: list[str]) -> str | None:
+    """One line on why a job failed (the server's first error, then the sites left out), or ``None``."""
+    error = _first_error(_logs(result_dir, sites, "error_log.txt").get("server"))
+    if error is None:
+        return None
+    out = "; ".join(
+        f"{s} in rounds {v['rounds']}: {v['reason']}" for s, v in left_out(result_dir, sites).items()
+    )
+    return f"the job failed: {error}" + (f" (sites left out: {out})" if out else "")
 
 
 def find_result_model(result_dir: str | Path) -> Path:
@@ -291,15 +371,12 @@ def check_result(
     sites: list[str] | None = None,
 ) -> dict[str, Any]:
     """Weights, server state and meta of a finished job, after checking that it really finished: the model
-    exists, its meta is at the last round, its weights are finite, and no error log has content.
+    exists, its meta is at the last round, its weights are finite, and the server logged no error. Sites left
+    out of rounds (they failed; the job went on without them) are in ``left_out``.
     (NVFlare may exit 0 after a failed job: never trust the exit code alone.)"""
-    errors = [
-        p
-        for p in glob.glob(str(Path(result_dir) / "**" / "error_log.txt"), recursive=True)
-        if Path(p).read_text().strip()
-    ]
-    if errors:
-        raise RuntimeError(f"the job logged errors: {errors[0]}:\n{Path(errors[0]).read_text()[:2000]}")
+    problem = failure(result_dir, sites or [])
+    if problem:
+        raise RuntimeError(problem)
     path = find_result_model(result_dir)
     strat = make_strategy(bundle, strategy, sites or [], strategy_options)[0] if bundle else None
     weights, state, meta = read_global_model(path, strat)
@@ -315,6 +392,7 @@ def check_result(
         "state": state,
         "meta": meta,
         "artifacts": strat.artifacts(state) if strat else {},
+        "left_out": left_out(result_dir, sites or []),
     }
 
 
@@ -333,6 +411,7 @@ def write_output(result: dict[str, Any], output: str | Path) -> Path:
         "current_round": meta.get("current_round"),
         "site_metrics_of_previous_global": meta.get(SITE_METRICS),
         "rejected": meta.get(REJECTED),
+        "left_out": result.get("left_out", {}),
     }
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     return out
@@ -371,10 +450,10 @@ def main(argv=None) -> None:
     p.add_argument("--overrides", default="{}", help='JSON bundle overrides, e.g. {"image_size": 32}')
     p.add_argument("--strategy_options", default="{}", help='JSON strategy options, e.g. {"mu": 0.01}')
     p.add_argument(
-        "--min_updates",
+        "--min_sites",
         type=int,
-        default=None,
-        help="valid updates a round needs (default 1, as the simulator)",
+        default=1,
+        help="valid site updates a round needs (default 1, as the simulator); a failing site is left out",
     )
     p.add_argument("--send_weight_diff", action="store_true")
     p.add_argument("--external", action="store_true", help="run each site's script as its own process")
@@ -409,7 +488,7 @@ def main(argv=None) -> None:
             a.local_epochs,
             json.loads(a.overrides),
             options,
-            a.min_updates,
+            a.min_sites,
             a.send_weight_diff,
             a.external,
             staging=staging,
@@ -420,9 +499,14 @@ def main(argv=None) -> None:
             print(f"job exported to {export(recipe, a.export_dir)}")
             return
         started = time.perf_counter()
-        result_dir = run(recipe, sites, a.env, a.workspace)
+        try:
+            result_dir = run(recipe, sites, a.env, a.workspace)
+            result = check_result(result_dir, a.strategy, a.rounds, options, a.bundle, sites)
+        except RuntimeError as err:
+            sys.exit(f"error: {err}")
         seconds = time.perf_counter() - started
-    result = check_result(result_dir, a.strategy, a.rounds, options, a.bundle, sites)
+    for site, info in result["left_out"].items():
+        print(f"site {site} left out of rounds {info['rounds']}: {info['reason'] or 'see its log'}")
     out = write_output(result, a.output or f"outputs/nvflare_{a.strategy}")
     print(
         f"{a.env}: {a.rounds} rounds in {seconds:.1f}s (per round: {round_seconds(result_dir)} s); "

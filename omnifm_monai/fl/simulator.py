@@ -12,8 +12,9 @@ Written to ``output``: ``metrics.csv`` (``round, site, split, metric, value, str
 ``validation``, ``test``, ``round`` (cost) or ``diagnostics`` (the strategy's own numbers, e.g. OmniFM's
 gate and spectral-token spread)), ``metrics.jsonl``,
 TensorBoard events, and ``checkpoint.pt`` (global weights, server state, every site's private and strategy
-state) replaced atomically after every round; a killed run resumes from the last completed round and ends
-with the same result as an uninterrupted one (every round reseeds from ``seed``, round and site).
+state, the metrics files' sizes) replaced atomically after every round; a killed run resumes from the last
+completed round and ends with the same result and the same metric rows, each once, as an uninterrupted one
+(every round reseeds from ``seed``, round and site; the metrics files are cut back to the checkpoint's rows).
 """
 
 from __future__ import annotations
@@ -89,24 +90,32 @@ def _pooled_site(sites: Mapping[str, str], task: str, folder: Path) -> dict[str,
 
 
 class _Writer:
-    """Per-round metrics as CSV, JSON lines and TensorBoard scalars (appended, so a resumed run continues)."""
+    """Per-round metrics as CSV, JSON lines and TensorBoard scalars, appended. Every checkpoint records the sizes
+    of the two files when it is saved (:meth:`sizes`); a resumed run first cuts them back to it (:meth:`rewind`),
+    and a run without a checkpoint starts them afresh, so a row is never written twice, wherever a run was killed."""
 
     FIELDS = ("round", "site", "split", "metric", "value", "strategy")
+    # the server's rows of a round that are written after its checkpoint (its cost)
+    AFTER_CHECKPOINT = ("checkpoint_seconds", "seconds")
 
-    def __init__(self, output: Path, strategy: str) -> None:
+    def __init__(self, output: Path, strategy: str, start: int | None = None) -> None:
+        """``start``: the round a resumed run starts at (``None``: a new run, the files start afresh)."""
         self.output, self.strategy = output, strategy
-        self.csv = output / "metrics.csv"
-        if not self.csv.exists():
+        self.csv, self.jsonl = output / "metrics.csv", output / "metrics.jsonl"
+        if start is None or not self.csv.exists():
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerow(self.FIELDS)
+        if start is None or not self.jsonl.exists():
+            self.jsonl.write_text("")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(output / "tensorboard"))
+        # TensorBoard drops the scalars of earlier event files from the step a resumed run starts at
+        self.tb = SummaryWriter(str(output / "tensorboard"), purge_step=start)
 
     def write(self, rows: Sequence[tuple]) -> None:
         with open(self.csv, "a", newline="") as f:
             csv.writer(f).writerows([(*r, self.strategy) for r in rows])
-        with open(self.output / "metrics.jsonl", "a") as f:
+        with open(self.jsonl, "a") as f:
             for r in rows:
                 f.write(json.dumps(dict(zip(self.FIELDS, (*r, self.strategy), strict=True))) + "\n")
         for rnd, site, split, metric, value in rows:
@@ -116,19 +125,34 @@ class _Writer:
     def close(self) -> None:
         self.tb.close()  # its writer thread and file handle; many runs may share one process
 
-    def truncate_after(self, last_round: int) -> None:
-        """Drop rows of rounds after ``last_round`` (written by a run killed before its checkpoint)."""
-        with open(self.csv) as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= last_round]
-        with open(self.csv, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
-        jsonl = self.output / "metrics.jsonl"
-        if jsonl.exists():
-            lines = [
-                line for line in jsonl.read_text().splitlines() if json.loads(line)["round"] <= last_round
-            ]
-            jsonl.write_text("".join(line + "\n" for line in lines))
+    def sizes(self) -> dict[str, int]:
+        return {path.name: path.stat().st_size for path in (self.csv, self.jsonl)}
+
+    def rewind(self, sizes: Mapping[str, int], rnd: int) -> None:
+        """Cut the files back to what the checkpoint of round ``rnd`` covers: their ``sizes`` when it was saved,
+        then that round's :attr:`AFTER_CHECKPOINT` rows where they were written whole. Whatever a killed run
+        wrote after them (rows of the next round or of the test phase, a half-written line) goes: the resumed
+        run writes it again."""
+        expected = [(str(rnd), "server", "round", metric) for metric in self.AFTER_CHECKPOINT]
+        for path in (self.csv, self.jsonl):
+            size = min(sizes[path.name], path.stat().st_size)
+            with open(path, "r+b") as f:
+                f.seek(size)
+                for line, key in zip(f.read().splitlines(keepends=True), expected, strict=False):
+                    if not line.endswith(b"\n") or self._key(path, line) != key:
+                        break
+                    size += len(line)
+                f.truncate(size)
+
+    def _key(self, path: Path, line: bytes) -> tuple | None:
+        """``(round, site, split, metric)`` of one written row, ``None`` if it is not one."""
+        try:
+            if path == self.csv:
+                return tuple(next(csv.reader([line.decode()]))[:4])
+            row = json.loads(line)
+            return str(row["round"]), row["site"], row["split"], row["metric"]
+        except (ValueError, KeyError, TypeError, StopIteration):
+            return None
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -353,6 +377,11 @@ def simulate(
         if checkpoint["round"] + 1 >= rounds and (not test or (out / "test_metrics.json").exists()):
             logger.info("%s already completed %d rounds", out, checkpoint["round"] + 1)
             return json.loads((out / "test_metrics.json").read_text()) if test else {}
+        if "metrics_bytes" not in checkpoint:
+            raise RuntimeError(
+                f"refusing the checkpoint {out / CHECKPOINT}: it predates the metrics sizes a resume needs to "
+                "write every row once; move it away to start the run afresh."
+            )
     else:
         config_file.write_text(json.dumps(run_config, indent=2))
 
@@ -378,13 +407,12 @@ def simulate(
     )
     global_weights = next(iter(clients.values()))._shared_state() if strategy.shares_weights else {}
     server_state = strategy.init_state(global_weights)
-    start = 0
-    writer = _Writer(out, strategy.name)
+    start = 0 if checkpoint is None else checkpoint["round"] + 1
+    writer = _Writer(out, strategy.name, None if checkpoint is None else start)
     if checkpoint is not None:
-        start = checkpoint["round"] + 1
         global_weights, server_state = checkpoint["global_weights"], checkpoint["server_state"]
         restore_sites(clients, checkpoint["sites"])
-        writer.truncate_after(checkpoint["round"])
+        writer.rewind(checkpoint["metrics_bytes"], checkpoint["round"])
         logger.info("resuming %s from round %d of %d", out, start, rounds)
 
     for rnd in range(start, rounds):
@@ -412,6 +440,7 @@ def simulate(
                 "sites": site_states(clients),
                 "failed": failed,
                 "rejected": rejected,
+                "metrics_bytes": writer.sizes(),  # the rows above; a resumed run cuts the files back to them
             },
         )
         writer.write(

@@ -10,9 +10,11 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -287,11 +289,17 @@ def test_exported_job_carries_no_site_paths_and_names_the_aggregator(tmp_path):
         overrides=SMALL,
         strategy_options={"mu": 0.1},
         staging=str(tmp_path / "src"),
+        min_sites=2,
     )
     folder = job.export(recipe, str(tmp_path / "jobs"))
     server = json.loads((folder / "app_server" / "config" / "config_fed_server.json").read_text())
     text = json.dumps(server)
     assert "omnifm_monai.fl.nvflare.StrategyAggregator" in text and '"mu": 0.1' in text
+    # a failing site is left out of the round (not the job's end) while --min_sites valid updates remain
+    assert '"ignore_result_error": true' in text and '"min_updates": 2' in text
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="min_sites"):
+            job.build_recipe(BUNDLE, "fedavg", SITES, min_sites=bad, staging=str(tmp_path / "m"))
     assert (folder / "app_server" / "custom" / job.INITIAL_CKPT).is_file()
     for site in SITES:
         app = folder / f"app_{site}"
@@ -324,6 +332,34 @@ def test_client_arguments_come_from_the_job_config_and_the_command_line(tmp_path
         args.site_index,
         args.local_epochs,
     ) == ("b", "fedprox", {"mu": 0.5}, 7, {"image_size": 32}, 1, 1)
+
+
+def test_sites_on_this_machine_use_the_simulators_thread_count(tmp_path, monkeypatch):
+    """The float summation order, and so bit-equality with the in-process simulator, depends on torch's thread
+    count: every site of a SimEnv / PoC job gets this process's (the simulator's) unless OMNIFM_THREADS says
+    otherwise, and the caller's environment is left as it was."""
+    seen = []
+
+    class Recipe:  # what job.run needs of a recipe
+        staging_dir, name = tmp_path, "job"
+
+        def run(self, env):
+            seen.append(os.environ.get("OMNIFM_THREADS"))
+            return SimpleNamespace(get_result=lambda: str(tmp_path))
+
+    monkeypatch.delenv("OMNIFM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) + 1)  # a count no share of the cores equals
+    try:
+        job.run(Recipe(), SITES, "sim", workspace=str(tmp_path / "ws"))
+        monkeypatch.setenv("OMNIFM_THREADS", "1")
+        job.run(Recipe(), SITES, "sim", workspace=str(tmp_path / "ws"))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [str((os.cpu_count() or 1) + 1), "1"] and os.environ["OMNIFM_THREADS"] == "1"
+    monkeypatch.delenv("OMNIFM_THREADS")
+    job.run(Recipe(), SITES, "sim", workspace=str(tmp_path / "ws"))
+    assert "OMNIFM_THREADS" not in os.environ
 
 
 def test_poc_submission_and_stop_are_retried(monkeypatch):
@@ -387,8 +423,8 @@ def _assert_same_as_simulator(result, checkpoint, rows, strategy):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fedavg", "omnifm"])
 def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy, monkeypatch):
-    # bit-equality needs the same float summation order: the sites use as many threads as the simulator
-    monkeypatch.setenv("OMNIFM_THREADS", str(torch.get_num_threads()))
+    # bit-equality needs the simulator's float summation order: job.run gives the sites its thread count
+    monkeypatch.delenv("OMNIFM_THREADS", raising=False)
     # the sites take the round's learning rate from NVFlare's round numbers as the simulator does
     schedule = "cosine" if strategy == "omnifm" else "constant"
     checkpoint, rows = _simulate(tmp_path / "sim", reference_sites, strategy, rounds=2, lr_schedule=schedule)
@@ -417,10 +453,39 @@ def test_simenv_job_equals_the_simulator(reference_sites, tmp_path, strategy, mo
 
 
 @pytest.mark.slow
-def test_nvflares_own_fedavg_gives_our_fedavg(reference_sites, tmp_path, monkeypatch):
+def test_a_site_whose_data_fails_validation_is_left_out_of_the_job(reference_sites, tmp_path, monkeypatch):
+    """As in the simulator: the site logs why and sends no update, the server leaves it out of every round, and
+    the job ends with the simulator's global model for the same sites; with ``--min_sites`` all of them, the job
+    fails with one line that says why."""
+    monkeypatch.delenv("OMNIFM_THREADS", raising=False)
+    broken = tmp_path / "data" / "broken"
+    shutil.copytree(reference_sites / "icbm_t2w", broken)
+    image = broken / json.loads((broken / "segmentation.json").read_text())["training"][0]["image"]
+    image.write_bytes(image.read_bytes()[:100])
+    site_dirs = {"icbm_t1": str(reference_sites / "icbm_t1"), "broken": str(broken)}
+    simulate(BUNDLE, "fedavg", rounds=2, output=str(tmp_path / "sim"), sites=site_dirs, overrides=SMALL,
+             test=False)  # fmt: skip
+    command = ["--bundle", BUNDLE, "--strategy", "fedavg", "--rounds", "2", "--sites", "icbm_t1,broken",
+               "--site_dirs", json.dumps(site_dirs), "--overrides", json.dumps(SMALL), "--env", "sim"]  # fmt: skip
+    job.main([*command, "--workspace", str(tmp_path / "ws"), "--output", str(tmp_path / "out")])
+    weights = torch.load(tmp_path / "out" / "global_model.pt", weights_only=True)
+    expected = load_checkpoint(tmp_path / "sim" / "checkpoint.pt")["global_weights"]
+    assert set(weights) == set(expected) and all(torch.equal(weights[k], v) for k, v in expected.items())
+    left_out = json.loads((tmp_path / "out" / "result.json").read_text())["left_out"]
+    assert set(left_out) == {"broken"} and left_out["broken"]["rounds"] == [0, 1]
+    assert "left out" in left_out["broken"]["reason"] and image.name in left_out["broken"]["reason"]
+    with pytest.raises(SystemExit) as failed:
+        job.main([*command, "--min_sites", "2", "--workspace", str(tmp_path / "ws2"), "--output", str(tmp_path / "o2")])  # fmt: skip
+    message = str(failed.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "need 2" in message and "broken" in message and image.name in message
+    assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.slow
+def test_nvflares_own_fedavg_gives_our_fedavg(reference_sites, tmp_path):
     """An independent check of our aggregation: NVFlare's FedAvg (the recipe's default aggregator, not
     StrategyAggregator) reaches the simulator's ``fedavg`` global model, within float rounding."""
-    monkeypatch.setenv("OMNIFM_THREADS", str(torch.get_num_threads()))
     checkpoint, _ = _simulate(tmp_path / "sim", reference_sites, "fedavg", rounds=2)
     recipe = job.build_recipe(
         BUNDLE,
@@ -452,10 +517,7 @@ def test_pocenv_job_with_separate_processes(reference_sites, tmp_path):
     command = [sys.executable, str(ROOT / "federated" / "job.py"), "--bundle", BUNDLE, "--strategy", "fedavg",
                "--rounds", "1", "--sites", ",".join(SITES), "--reference_dir", str(reference_sites), "--env", "poc",
                "--overrides", json.dumps(SMALL), "--workspace", str(tmp_path / "ws"), "--output", str(tmp_path / "out")]  # fmt: skip
-    env = {
-        **os.environ,
-        "OMNIFM_THREADS": str(torch.get_num_threads()),
-    }  # the simulator's float summation order
+    env = {k: v for k, v in os.environ.items() if k != "OMNIFM_THREADS"}  # job.py aligns the thread count
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     weights = torch.load(tmp_path / "out" / "global_model.pt", weights_only=True)

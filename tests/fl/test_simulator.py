@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -153,6 +154,52 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(reference_sites, tmp_pa
         return [(r["round"], r["site"], r["metric"], r["value"]) for r in rows if r["split"] == "validation"]
 
     assert strip(_rows(tmp_path / "full")) == strip(_rows(tmp_path / "resumed"))
+
+
+def test_metric_rows_are_written_once_wherever_a_run_is_killed(reference_sites, tmp_path, monkeypatch):
+    """A round's rows are appended before the checkpoint that covers them. Killed between the two (here in round
+    0, before any checkpoint), after the test phase's rows but before its end, or in the middle of a line, the
+    resumed run has every (round, site, split, metric) row once: the rows of an uninterrupted run."""
+    from omnifm_monai.fl import simulator
+
+    _run(tmp_path / "full", reference_sites, "fedavg", test=True)
+    run, save, write = tmp_path / "killed", simulator.save_checkpoint, simulator._Writer.write
+
+    def killed_save(path, payload):  # the process dies after the round's rows, before its checkpoint
+        raise KeyboardInterrupt
+
+    def killed_test(self, rows):  # the process dies after the test phase's rows, before test_metrics.json
+        write(self, rows)
+        if any(r[2] == "test" for r in rows):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulator, "save_checkpoint", killed_save)
+    with pytest.raises(KeyboardInterrupt):
+        _run(run, reference_sites, "fedavg", test=True)
+    assert any(r["split"] == "validation" for r in _rows(run)) and not (run / "checkpoint.pt").exists()
+    monkeypatch.setattr(simulator, "save_checkpoint", save)
+    monkeypatch.setattr(simulator._Writer, "write", killed_test)
+    with pytest.raises(KeyboardInterrupt):
+        _run(run, reference_sites, "fedavg", test=True)
+    assert any(r["split"] == "test" for r in _rows(run)) and not (run / "test_metrics.json").exists()
+    monkeypatch.setattr(simulator._Writer, "write", write)
+    for name, half in (("metrics.csv", b"1,icbm_t1,valid"), ("metrics.jsonl", b'{"round": 1, "si')):
+        with open(run / name, "ab") as f:
+            f.write(half)  # a line cut short by a kill
+    _run(run, reference_sites, "fedavg", test=True)
+
+    def keys(out):
+        return [(r["round"], r["site"], r["split"], r["metric"]) for r in _rows(out)]
+
+    def values(out):  # every row but the timings
+        return {
+            key: r["value"] for key, r in zip(keys(out), _rows(out), strict=True) if "seconds" not in key[3]
+        }
+
+    assert len(set(keys(run))) == len(keys(run)) and sorted(keys(run)) == sorted(keys(tmp_path / "full"))
+    assert values(run) == values(tmp_path / "full")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted((str(r["round"]), r["site"], r["split"], r["metric"]) for r in lines) == sorted(keys(run))
 
 
 def test_a_corrupt_or_altered_checkpoint_is_refused(reference_sites, tmp_path):
@@ -355,7 +402,6 @@ def test_the_command_line_refuses_an_unknown_flag_before_running(tmp_path):
 
 def _broken_copy(reference_sites, tmp_path, split):
     """A copy of a reference site with the first image of ``split`` truncated."""
-    import json
     import shutil
 
     bad = tmp_path / "data" / f"broken_{split}"
