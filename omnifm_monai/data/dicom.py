@@ -51,7 +51,10 @@ class ClinicalDicomReader(PydicomReader):
         data = super()._get_array_data(img, filename)
         kind = str(getattr(img, "PhotometricInterpretation", "MONOCHROME2")).upper()
         if kind == "PALETTE COLOR":
-            from pydicom.pixels import apply_color_lut
+            try:
+                from pydicom.pixels import apply_color_lut
+            except ImportError:  # pydicom < 3
+                from pydicom.pixel_data_handlers.util import apply_color_lut
 
             data = apply_color_lut(data, img)
         if kind == "PALETTE COLOR" or int(getattr(img, "SamplesPerPixel", 1)) > 1:

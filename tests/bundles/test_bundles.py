@@ -164,8 +164,12 @@ def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_p
             {**overrides, "input_path": input_path, "output_dir": str(out_dir)},
         )
     )
-    written = list(out_dir.iterdir())
+    written = [p for p in out_dir.iterdir() if not p.name.endswith("_novelty.json")]
     assert len(written) == 1 and spec["postfix"] in written[0].name
+    # the out-of-distribution record beside it: a finite score against the threshold calibrated in training
+    (record,) = [json.loads(p.read_text()) for p in out_dir.glob("*_novelty.json")]
+    assert 0.0 <= record["novelty"] <= 2.0 and record["threshold"] > 0.0
+    assert record["out_of_distribution"] == (record["novelty"] > record["threshold"])
     image = LoadImage(reader=ClinicalDicomReader, image_only=True)(input_path)
     if spec["output"] == "nifti":
         pred = LoadImage(image_only=True)(written[0])
@@ -198,7 +202,7 @@ def test_a_slice_is_segmented_alike_whatever_plane_its_header_names(trained, tmp
                 {**overrides, "input_path": str(path), "output_dir": str(out_dir)},
             )
         )
-        pred = LoadImage(image_only=True)(next(out_dir.iterdir()))
+        pred = LoadImage(image_only=True)(next(out_dir.glob("*_seg.nii.gz")))
         np.testing.assert_allclose(
             pred.affine, LoadImage(reader=ClinicalDicomReader, image_only=True)(str(path)).affine, atol=1e-4
         )
@@ -282,7 +286,7 @@ def test_segmentation_of_a_volume_does_not_depend_on_how_it_is_stored(trained, r
                 {**overrides, "input_path": str(path), "output_dir": str(out_dir)},
             )
         )
-        pred = nib.load(next(out_dir.iterdir()))
+        pred = nib.load(next(out_dir.glob("*_seg.nii.gz")))
         assert pred.shape == data.shape
         np.testing.assert_allclose(pred.affine, aff, atol=1e-4)
         predictions[label] = np.asarray(pred.dataobj)

@@ -139,6 +139,16 @@ class SpectralKnowledgeBank(nn.Module):
             self.hits.index_add_(0, idx.flatten(), torch.ones(idx.numel(), device=self.hits.device))
         return self.keys[idx].detach(), idx
 
+    @torch.no_grad()
+    def novelty(self, queries: torch.Tensor) -> torch.Tensor:
+        """``1 - cos`` of each query to its nearest valid prototype, ``(B,)`` in [0, 2]: how far an image's
+        spectral summary lies from everything the federation has summarised (NaN while the bank is empty).
+        ``queries (B, m, d)`` or ``(B, d)``, as for :meth:`retrieve`."""
+        q = F.normalize((queries.mean(1) if queries.dim() == 3 else queries).float(), dim=-1)
+        if not self.valid.any():
+            return torch.full(q.shape[:1], float("nan"), device=q.device)
+        return (1.0 - (q @ self.keys[self.valid].T).max(1).values).clamp(0.0, 2.0)
+
     # ---------------------------------------------------------------- exchange (lossless)
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The valid entries as plain CPU tensors ``{keys, site, modality, hits, age}``."""

@@ -162,6 +162,8 @@ class OmniFM(nn.Module):
             if use_gskr
             else None
         )
+        if self.bank is not None:  # set by NoveltyCalibration on validation data; 0 = not calibrated
+            self.register_buffer("novelty_threshold", torch.zeros(()))
         self.ecaf = CrossAttentionFusion(dim, spectral_dim, num_heads) if use_ecaf else None
         self.context_proj = nn.Linear(spectral_dim, dim) if fuses and not use_ecaf else None
         self.prompt = (
@@ -219,6 +221,15 @@ class OmniFM(nn.Module):
         if self.tokenizer is None:
             raise RuntimeError("this OmniFM network has no spectral tokenizer (every part is off).")
         return self.tokenizer(x)
+
+    @torch.no_grad()
+    def novelty(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`SpectralKnowledgeBank.novelty` of images ``x``, ``(B,)``: the out-of-distribution score."""
+        if self.bank is None:
+            raise RuntimeError(
+                "this OmniFM network has no spectral knowledge bank to measure novelty against."
+            )
+        return self.bank.novelty(self.spectral_tokens(x))
 
     def private_state_keys(self) -> set[str]:
         """Keys that never leave a site: the private suffix and gate, the bank (the server merges banks, never
