@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.data import load_net_with_metadata
 from monai.transforms import LoadImage
 
 from omnifm_monai.data import packaged_image
@@ -31,14 +32,13 @@ SPECS = {
     "omnifm_super_resolution": dict(
         task="super_resolution", site="icbm_t1", key_metric="val_ssim", output="nifti", postfix="sr"
     ),  # PSNR is unbounded
-    # two inputs (image, question): MONAI's ckpt_export traces a single input, so the VQA network is not exported
+    # two inputs (image, question): MONAI's ckpt_export traces a single input, so configs/export.json traces both
     "omnifm_vqa": dict(
         task="vqa",
         site="icbm_t1",
         key_metric="val_accuracy",
         output="json",
         postfix="answer",
-        export=False,
         forward_args={"extra_forward_args": {"question": torch.randint(1, 20, (1, 24))}},
     ),
 }
@@ -228,29 +228,61 @@ def test_verify_metadata_and_net_in_out(trained):
 
 def test_export_torchscript_matches_the_checkpoint(trained, tmp_path):
     name, overrides = trained
-    if not SPECS[name].get("export", True):
-        pytest.skip(f"{name}: two-input network, not exportable with ckpt_export")
     cfg = BUNDLES_DIR / name / "configs"
     target = tmp_path / "model.ts"
     ckpt = Path(overrides["ckpt_dir"]) / "model.pt"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(target),
-        ckpt_file=str(ckpt),
-        meta_file=str(cfg / "metadata.json"),
-        config_file=str(cfg / "train.json"),
-        bundle_root=overrides["bundle_root"],
-        dataset_dir=overrides["dataset_dir"],
-        use_trace=True,
-        input_shape=[1, 1, 128, 128],
-    )
-    exported = torch.jit.load(str(target))
+    if name == "omnifm_vqa":  # traced with both inputs by the bundle's export config, as its docs run it
+        export = {**overrides, "image_size": 128, "filepath": str(target)}
+        workflow = _workflow(name, ["train.json", "export.json"], None, export)
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    else:
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(target),
+            ckpt_file=str(ckpt),
+            meta_file=str(cfg / "metadata.json"),
+            config_file=str(cfg / "train.json"),
+            bundle_root=overrides["bundle_root"],
+            dataset_dir=overrides["dataset_dir"],
+            use_trace=True,
+            input_shape=[1, 1, 128, 128],
+        )
+    exported, meta, extra = load_net_with_metadata(str(target), more_extra_files=("train.json",))
+    assert meta["version"] == json.loads((cfg / "metadata.json").read_text())["version"]
+    assert json.loads(extra["train.json"]) == json.loads((cfg / "train.json").read_text())
     workflow = _workflow(name, ["train.json"], "train", overrides)
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(ckpt, weights_only=True))
-    x = torch.rand(2, 1, 128, 128)
-    assert torch.allclose(exported(x), network.eval()(x), atol=1e-4)
+    inputs = [torch.rand(2, 1, 128, 128)]
+    if name == "omnifm_vqa":  # questions other than the traced example's, one of them padded
+        question = torch.randint(1, len(workflow.parser.get_parsed_content("vocabulary")), (2, 24))
+        question[1, 6:] = 0
+        inputs.append(question)
+        # the question is a live input of the trace, not a constant
+        assert not torch.allclose(exported(*inputs), exported(inputs[0], question.roll(1, 0)), atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(exported(*inputs), network.eval()(*inputs), atol=1e-4)
+
+
+def test_vqa_verify_net_in_out_from_the_command_line(reference_sites):
+    """The documented command (docs/README.md), run where the docs run it; the question comes as a list."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+            "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json", "--bundle_root", ".",
+            "--extra_forward_args", "{'question': [[3, 4, 5, 6, 7]]}",
+            "--dataset_dir", str(reference_sites / SPECS["omnifm_vqa"]["site"]),
+        ],
+        cwd=BUNDLES_DIR / "omnifm_vqa", capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "data shape of network is verified with no error." in proc.stderr + proc.stdout
 
 
 def test_segmentation_of_a_volume_does_not_depend_on_how_it_is_stored(trained, reference_sites, tmp_path):

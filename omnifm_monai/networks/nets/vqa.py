@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.nets import ResNet
@@ -28,7 +30,8 @@ class VQANet(nn.Module):
         num_heads: attention heads.
         dropout: dropout before the answer classifier.
 
-    Shapes: ``image (B, in_channels, *S)``, ``question (B, T)`` int64 -> ``(B, num_answers)``.
+    Shapes: ``image (B, in_channels, *S)``, ``question (B, T)`` int64 (or nested lists of word indices) ->
+    ``(B, num_answers)``.
     """
 
     def __init__(
@@ -70,13 +73,18 @@ class VQANet(nn.Module):
         x = e.layer4(e.layer3(e.layer2(e.layer1(x if e.no_max_pool else e.maxpool(x)))))
         return self.image_proj(x.flatten(2).transpose(1, 2))
 
-    def encode_question(self, question: torch.Tensor) -> torch.Tensor:
+    def encode_question(self, question: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+        if not isinstance(question, torch.Tensor):  # word indices as nested lists, e.g. from the command line
+            question = torch.as_tensor(question, device=self.word_embedding.weight.device)
         mask = (question != 0).unsqueeze(-1).float()
         out, _ = self.question_encoder(self.word_embedding(question.long()))
         return (out * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def answer(
-        self, image_tokens: torch.Tensor, question: torch.Tensor, extra: torch.Tensor | None = None
+        self,
+        image_tokens: torch.Tensor,
+        question: torch.Tensor | Sequence[Sequence[int]],
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Answer logits from image tokens; ``extra (B, embed_dim)`` is added to the question feature."""
         q = self.encode_question(question)
@@ -85,5 +93,5 @@ class VQANet(nn.Module):
         attended = self.attend(q.unsqueeze(1), context=image_tokens).squeeze(1)
         return self.classifier(torch.cat([q, attended, q * attended], dim=-1))
 
-    def forward(self, image: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, question: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         return self.answer(self.encode_image(image), question)
