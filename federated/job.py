@@ -5,6 +5,7 @@ aggregator, the Client API script ``client.py`` on every site, and the simulator
         --sites icbm_t1,icbm_t2w --reference_dir outputs/reference_sites --env sim --output outputs/nvflare_omnifm
     python federated/job.py ... --env poc                       # server and clients as separate processes
     python federated/job.py ... --export_dir jobs/omnifm         # a job folder for `nvflare job submit` (production)
+    python federated/job.py ... --cross_site_eval                # then the final global model on every site
 
 Every strategy except ``local`` and ``centralized`` runs as FedAvg-style rounds (send global -> train ->
 aggregate); the aggregation rule, private keys and payload are the strategy's. After a run the result is
@@ -29,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
+from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.pt.recipes import FedAvgRecipe
 from nvflare.recipe import PocEnv, SimEnv, set_per_site_config
 
@@ -52,6 +56,7 @@ THREADS_ENV = "OMNIFM_THREADS"  # client.py sets torch's thread count from it
 JOB_CONFIG = "omnifm_job.json"
 INITIAL_CKPT = "initial_global_model.pt"
 BUNDLE_FILES = "bundle_files"  # its content lands in each client app's custom/ folder
+CROSS_SITE_RESULTS = "cross_val_results.json"  # NVFlare's ValidationJsonGenerator, in the server's run folder
 
 
 @contextlib.contextmanager
@@ -121,6 +126,7 @@ def build_recipe(
     command: str | None = None,
     native_fedavg: bool = False,
     lr_schedule: str = "constant",
+    cross_site_eval: bool = False,
 ) -> FedAvgRecipe:
     """The job as a recipe. ``site_dirs`` puts each site's ``--dataset_dir`` in the job (simulation, PoC);
     without it every site reads ``OMNIFM_DATASET_DIR`` from its own environment (production). ``external``
@@ -130,7 +136,8 @@ def build_recipe(
     of our ``fedavg``, and nothing else (no payload, no private keys on the server). ``lr_schedule``: the
     sites' learning rate over the rounds, as in the simulator (``constant`` or ``cosine``). ``min_sites``: valid
     updates a round needs, as in the simulator; a site that fails (its data does not validate, its training
-    raises) is left out of the round and the job goes on while that many remain."""
+    raises) is left out of the round and the job goes on while that many remain. ``cross_site_eval``: after the
+    last round, :func:`add_cross_site_eval`."""
     federated_rounds(strategy, check=True)
     if isinstance(min_sites, bool) or not isinstance(min_sites, int) or not 1 <= min_sites <= len(sites):
         raise ValueError(f"min_sites must be an integer in 1..{len(sites)} (the sites), got {min_sites!r}.")
@@ -195,8 +202,24 @@ def build_recipe(
         recipe._job.set_app_packages(["omnifm_monai"])  # FedJob API; recipes keep their job private
         recipe.add_client_file(BUNDLE_FILES)  # -> custom/<bundle name>/configs
         recipe.add_client_file(JOB_CONFIG)
+    if cross_site_eval:
+        add_cross_site_eval(recipe)
     recipe.staging_dir = staging_dir
     return recipe
+
+
+def add_cross_site_eval(recipe: FedAvgRecipe) -> None:
+    """NVFlare's cross-site evaluation after the last round: ``CrossSiteModelEval`` sends every model the server
+    holds (the final global model, ``FL_global_model.pt``) with its meta (the strategy payload) to every site as
+    a ``validate`` task; ``client.py`` scores it as it scores every round's global model (with the site's private
+    state, on its validation split) and returns the metrics, which ``ValidationJsonGenerator`` writes to
+    ``cross_site_val/cross_val_results.json``. Sites submit no models of their own (NVFlare's
+    ``add_cross_site_evaluation`` asks for them with a ``submit_model`` task): a site's personal model includes
+    its private state, which never leaves the site."""
+    persistor = recipe._job.comp_ids["persistor_id"]  # FedJob API; the recipe's PyTorch persistor
+    locator = recipe._job.to_server(PTFileModelLocator(pt_persistor_id=persistor))
+    recipe._job.to_server(ValidationJsonGenerator(json_file_name=CROSS_SITE_RESULTS))
+    recipe._job.to_server(CrossSiteModelEval(model_locator_id=locator, submit_model_task_name=""))
 
 
 def export(recipe: FedAvgRecipe, job_dir: str) -> Path:
@@ -386,8 +409,10 @@ def check_result(
         )
     if not weights or any(v.is_floating_point() and not torch.isfinite(v).all() for v in weights.values()):
         raise RuntimeError(f"{path} holds no or non-finite weights.")
+    cross_site = sorted(Path(result_dir).rglob(CROSS_SITE_RESULTS))
     return {
         "path": path,
+        "cross_site": json.loads(cross_site[0].read_text()) if cross_site else None,
         "weights": weights,
         "state": state,
         "meta": meta,
@@ -397,8 +422,9 @@ def check_result(
 
 
 def write_output(result: dict[str, Any], output: str | Path) -> Path:
-    """``global_model.pt`` (shared weights), ``server_state.pt``, the strategy's artifacts (OmniFM: ``bank.pt``)
-    and ``result.json``."""
+    """``global_model.pt`` (shared weights), ``server_state.pt``, the strategy's artifacts (OmniFM: ``bank.pt``),
+    ``result.json`` and, after a cross-site evaluation, ``cross_site.json`` (NVFlare's, ``{site: {model:
+    metrics}}``)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result["weights"], out / "global_model.pt")
@@ -414,6 +440,8 @@ def write_output(result: dict[str, Any], output: str | Path) -> Path:
         "left_out": result.get("left_out", {}),
     }
     (out / "result.json").write_text(json.dumps(summary, indent=2))
+    if result.get("cross_site"):
+        (out / "cross_site.json").write_text(json.dumps(result["cross_site"], indent=2))
     return out
 
 
@@ -456,6 +484,11 @@ def main(argv=None) -> None:
         help="valid site updates a round needs (default 1, as the simulator); a failing site is left out",
     )
     p.add_argument("--send_weight_diff", action="store_true")
+    p.add_argument(
+        "--cross_site_eval",
+        action="store_true",
+        help="after the last round, NVFlare's cross-site evaluation of the final global model on every site",
+    )
     p.add_argument("--external", action="store_true", help="run each site's script as its own process")
     p.add_argument(
         "--command",
@@ -494,6 +527,7 @@ def main(argv=None) -> None:
             staging=staging,
             command=a.command or ("python3 -u" if a.export_dir else None),
             lr_schedule=a.lr_schedule,
+            cross_site_eval=a.cross_site_eval,
         )
         if a.export_dir:
             print(f"job exported to {export(recipe, a.export_dir)}")

@@ -1,4 +1,5 @@
-"""Federated commands: ``python -m omnifm_monai.fl simulate --bundle bundles/<name> --strategy omnifm --rounds 5 --output DIR``."""
+"""Federated commands: ``python -m omnifm_monai.fl simulate --bundle bundles/<name> --strategy omnifm --rounds 5 --output DIR``;
+``python -m omnifm_monai.fl evaluate --run DIR`` (cross-site evaluation of a finished run)."""
 
 import inspect
 import logging
@@ -6,9 +7,10 @@ import sys
 
 import fire
 
-from omnifm_monai.fl.simulator import simulate
+from omnifm_monai.fl.evaluate import RunFolderError, cross_site_evaluate
+from omnifm_monai.fl.simulator import simulate_command
 
-COMMANDS = {"simulate": simulate}
+COMMANDS = {"simulate": simulate_command, "evaluate": cross_site_evaluate}
 
 
 def unknown_flags(argv: list[str]) -> list[str]:
@@ -30,4 +32,7 @@ if __name__ == "__main__":
         sys.exit(
             f"error: unknown flag(s) {['--' + f for f in unknown]} for {sys.argv[1]}; it takes {options}."
         )
-    fire.Fire(COMMANDS)
+    try:
+        fire.Fire(COMMANDS)
+    except RunFolderError as err:  # a run folder that cannot be evaluated: one line, no traceback
+        sys.exit(f"error: {err}")

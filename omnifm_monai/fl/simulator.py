@@ -15,16 +15,24 @@ TensorBoard events, and ``checkpoint.pt`` (global weights, server state, every s
 state, the metrics files' sizes) replaced atomically after every round; a killed run resumes from the last
 completed round and ends with the same result and the same metric rows, each once, as an uninterrupted one
 (every round reseeds from ``seed``, round and site; the metrics files are cut back to the checkpoint's rows).
+At the end, ``curves.png`` (validation metrics per site and round) and ``qualitative.png`` (each site's first
+test slice: input, ground truth, prediction; :mod:`~omnifm_monai.fl.figures`).
+
+The command line (:func:`simulate_command`) prints one line per round and the test metrics as a table; MONAI's
+and ignite's logs go to ``simulate.log`` in ``output`` (and to the console with ``--verbose``).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import io
 import json
 import logging
+import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .bundle import bundle_task, check_overrides, find_sites
+from .bundle import bundle_task, check_overrides, find_sites, key_metric
 from .engine import (
     aggregate_round,
     client_round,
@@ -50,9 +58,21 @@ from .engine import (
 )
 from .strategies import Strategy
 
-__all__ = ["CHECKPOINT", "default_sites", "load_checkpoint", "save_checkpoint", "simulate"]
+__all__ = [
+    "CHECKPOINT",
+    "LOG_FILE",
+    "configure_logging",
+    "default_sites",
+    "load_checkpoint",
+    "results_table",
+    "save_checkpoint",
+    "simulate",
+    "simulate_command",
+]
 
 logger = logging.getLogger("omnifm_monai.fl")
+# what a run prints at the default verbosity: a line per round, the start, the test phase and the figures
+progress = logging.getLogger("omnifm_monai.fl.progress")
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -255,6 +275,63 @@ def _evaluate(
     return rows + [(rnd, "server", "round", "eval_seconds", seconds)] if split == "validation" else rows
 
 
+def _log_round(rnd: int, rounds: int, seconds: Sequence[float], key: str, rows, failed, rejected) -> None:
+    """The round's progress line (its time, the sites' mean validation key metric, what is left); every site's
+    value goes to the log only."""
+    values = [r[4] for r in rows if r[2] == "validation" and r[3] == key]
+    finite = [v for v in values if math.isfinite(v)]
+    score = f"{sum(finite) / len(finite):.3f}" if finite else "n/a"
+    left = (rounds - rnd - 1) * sum(seconds) / len(seconds)
+    line = f"round {rnd + 1}/{rounds}  {seconds[-1]:.1f} s  val {key.removeprefix('val_')} {score} ({len(finite)} sites)"
+    if failed or rejected:
+        line += f"  failed: {', '.join(sorted({*failed, *rejected}))}"
+    if left > 0:
+        line += f"  ~{left / 60:.1f} min left" if left >= 60 else f"  ~{left:.0f} s left"
+    progress.info(line)
+    logger.info(
+        "round %d/%d | %s",
+        rnd + 1,
+        rounds,
+        ", ".join(f"{r[1]} {r[3]}={r[4]:.4f}" for r in rows if r[2] == "validation"),
+    )
+
+
+def _write_figures(out: Path, label: str, title: str, task: str, testers, evaluation) -> None:
+    """``curves.png`` from ``metrics.csv`` and, when ``testers`` (clients with their test split) are given,
+    ``qualitative.png``. A figure that cannot be drawn is logged and skipped: the run's results are written."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        progress.info("matplotlib is not installed (pip install matplotlib): no figures written")
+        return
+    from .figures import curves_figure, draw_panels, predict_first_test_item, site_panels
+
+    written = []
+    try:
+        curves_figure(out / "metrics.csv", out / "curves.png", title=title)
+        written.append("curves.png")
+    except Exception as err:
+        logger.warning("curves.png not written: %s", root_cause(err))
+    rows = []
+    for name, client in testers.items():  # the network is shared: every site loads its own model first
+        try:
+            client.load_for_evaluation(evaluation)
+            prediction = predict_first_test_item(client.test_evaluator(), task)
+            rows.append(
+                (name, site_panels(task, name, client.train_workflow.datalist_meta, {label: prediction}))
+            )
+        except Exception as err:
+            logger.warning("site %s left out of qualitative.png: %s", name, root_cause(err))
+    if rows:
+        try:
+            draw_panels(rows, out / "qualitative.png", tight=False)
+            written.append("qualitative.png")
+        except Exception as err:
+            logger.warning("qualitative.png not written: %s", root_cause(err))
+    if written:
+        progress.info("figures: %s", ", ".join(str(out / name) for name in written))
+
+
 def _site_list(sites: str | Sequence[str] | Mapping[str, str] | None):
     """``"a,b"`` (a command line's one string) -> ``["a", "b"]``; lists and mappings as they are."""
     if isinstance(sites, str):
@@ -279,6 +356,7 @@ def simulate(
     init_weights: str | None = None,
     unseen_sites: Sequence[str] | Mapping[str, str] | None = None,
     lr_schedule: str = "constant",
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a federated job in this process; returns the final metrics per site.
 
@@ -306,6 +384,9 @@ def simulate(
             private state: a personalised strategy has nothing personal for a site it has never seen).
         lr_schedule: the learning rate over rounds, ``constant`` or ``cosine`` (from the bundle's rate down
             towards 0 at ``rounds``; :func:`~omnifm_monai.fl.engine.round_lr_scale`), for every site alike.
+        figures: write ``curves.png`` (every validation metric per site and round) and, with ``test``,
+            ``qualitative.png`` (each site's first test slice: input, ground truth, prediction) at the end
+            (:mod:`~omnifm_monai.fl.figures`; skipped, with one log line, without matplotlib).
     """
     # every argument is checked before anything is built or written
     for name, value, least in (
@@ -375,7 +456,7 @@ def simulate(
                 f"{out} holds a run with another configuration ({config_file}); choose another --output."
             )
         if checkpoint["round"] + 1 >= rounds and (not test or (out / "test_metrics.json").exists()):
-            logger.info("%s already completed %d rounds", out, checkpoint["round"] + 1)
+            progress.info("%s already completed %d rounds", out, checkpoint["round"] + 1)
             return json.loads((out / "test_metrics.json").read_text()) if test else {}
         if "metrics_bytes" not in checkpoint:
             raise RuntimeError(
@@ -413,7 +494,17 @@ def simulate(
         global_weights, server_state = checkpoint["global_weights"], checkpoint["server_state"]
         restore_sites(clients, checkpoint["sites"])
         writer.rewind(checkpoint["metrics_bytes"], checkpoint["round"])
-        logger.info("resuming %s from round %d of %d", out, start, rounds)
+        progress.info("resuming %s from round %d of %d", out, start + 1, rounds)
+    progress.info(
+        "%s, %d site(s) (%s), rounds %d-%d -> %s",
+        strategy.name,
+        len(clients),
+        ", ".join(clients),
+        start + 1,
+        rounds,
+        out,
+    )
+    key, round_seconds = key_metric(bundle_dir), []
 
     for rnd in range(start, rounds):
         started = time.perf_counter()
@@ -449,9 +540,8 @@ def simulate(
                 (rnd, "server", "round", "seconds", time.perf_counter() - started),
             ]
         )
-        key = [r for r in rows if r[2] == "validation"]
-        summary = ", ".join(f"{r[1]} {r[3]}={r[4]:.4f}" for r in key[:: max(1, len(key) // len(clients))])
-        logger.info("round %d/%d done in %.1fs | %s", rnd + 1, rounds, time.perf_counter() - started, summary)
+        round_seconds.append(time.perf_counter() - started)
+        _log_round(rnd, rounds, round_seconds, key, rows, failed, rejected)
 
     # the trained model is written before the test phase, which a broken site must not cost
     torch.save(global_weights, out / "global_model.pt")
@@ -465,10 +555,198 @@ def simulate(
             else make_clients(bundle_dir, strategy, test_sites, leave_out_failed=True, **client_args)
         )
         testers = {**testers, **unseen_clients}
+        progress.info("testing %d site(s) on their test split", len(testers))
         rows = _evaluate(testers, strategy, global_weights, server_state, rounds - 1, split="test")
         results = {name: {r[3]: r[4] for r in rows if r[1] == name} for name in testers}
         results = {name: metrics for name, metrics in results.items() if metrics}  # failed sites have none
         writer.write(rows)
         (out / "test_metrics.json").write_text(json.dumps(results, indent=2))
     writer.close()
+    if figures:
+        evaluation = evaluation_data(global_weights, strategy.server_payload(server_state))
+        _write_figures(
+            out,
+            strategy.name,
+            f"{strategy.name}, {bundle_dir.name}",
+            task,
+            testers if test else {},
+            evaluation,
+        )
     return results
+
+
+# ------------------------------------------------------------------------------ the command line's console
+LOG_FILE = "simulate.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# what the console leaves out at the default verbosity (the log file keeps it): messages a user cannot act on,
+# repeated for every site and round or emitted by MONAI about its own code
+QUIET = (
+    "Logging file is set to False",  # the FL layer never applies a bundle's logging.conf (MONAI's FL default)
+    "No workflow type and property file specified",
+    "nvImageCodec",  # no GPU DICOM decoder: pydicom's own decoders are used
+    "which is provisioned by the FL system",  # MONAI FL's warning for a server-sent bundle; here it is the user's
+    "has been deprecated since version",  # MONAI passing its own deprecated arguments
+    "this may result in nan/inf distance",  # HD95 of a class absent from a slice: MONAI's metric skips it
+)
+
+
+class ConsoleFilter(logging.Filter):
+    """The console at the default verbosity: the progress lines, and warnings and errors except :data:`QUIET`.
+    ``verbose`` lets everything through (MONAI's and ignite's per-iteration and per-epoch logs among it)."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose:
+            return True
+        if record.name == progress.name:
+            return True
+        return record.levelno >= logging.WARNING and not any(q in record.getMessage() for q in QUIET)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(LOG_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        return (
+            record.getMessage()
+            if record.name == progress.name and not self.verbose
+            else super().format(record)
+        )
+
+
+class RunLogHandler(logging.Handler):
+    """Every record into ``path`` (appended: a resumed run continues its log). Records arrive before the run has
+    checked its arguments and made its folder: they are held until the folder exists, so a refused run leaves
+    nothing behind."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path, self.pending, self.stream = Path(path), [], None
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.pending.append(self.format(record))
+            if self.stream is None and self.path.parent.is_dir():
+                self.stream = open(self.path, "a")  # kept open for the run, closed by close()
+            if self.stream is not None:
+                self.stream.write("".join(line + "\n" for line in self.pending))
+                self.stream.flush()
+                self.pending = []
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        super().close()
+
+
+def configure_logging(output: str | Path, verbose: bool = False) -> list[logging.Handler]:
+    """The command line's logging: everything (Python warnings included) to ``<output>/simulate.log``; the
+    console (stderr) filtered by :class:`ConsoleFilter`. MONAI's loggers print to stdout through their own
+    handlers and do not propagate: theirs are replaced by these two. Returns the two handlers."""
+    from monai.apps.utils import get_logger
+
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(ConsoleFilter(verbose))
+    console.setFormatter(_ConsoleFormatter(verbose))
+    handlers = [console, RunLogHandler(Path(output) / LOG_FILE)]
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:  # basicConfig's console
+        root.removeHandler(handler)
+    root.setLevel(logging.INFO)
+    for handler in handlers:
+        root.addHandler(handler)
+    logging.captureWarnings(True)
+    # MONAI makes this one when a bundle's StatsHandler is built (once per site): made now, it is adopted below
+    get_logger("monai.handlers.StatsHandler")
+    for name, monai_logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "monai" and isinstance(monai_logger, logging.Logger):
+            for handler in [h for h in monai_logger.handlers if type(h) is logging.StreamHandler]:
+                monai_logger.removeHandler(handler)
+            # a logger from MONAI's get_logger does not propagate: its records reach the two handlers only here
+            if not monai_logger.propagate:
+                for handler in handlers:
+                    monai_logger.addHandler(handler)
+    return handlers
+
+
+def results_table(results: Mapping[str, Mapping[str, float]], unseen: Sequence[str] = ()) -> str:
+    """The test metrics per site and their mean over the training sites (unseen sites are listed after it):
+    ``site | test mean_dice | test hd95``; a non-finite value is left out of the mean."""
+    metrics = list(dict.fromkeys(m for values in results.values() for m in values))
+    trained = [s for s in results if s not in unseen]
+
+    def row(label: str, values: Mapping[str, float]) -> list[str]:
+        return [label, *(f"{values[m]:.4f}" if m in values else "-" for m in metrics)]
+
+    means = {}
+    for m in metrics:
+        values = [results[s][m] for s in trained if m in results[s] and math.isfinite(results[s][m])]
+        if values:
+            means[m] = sum(values) / len(values)
+    header = ["site", *(f"test {m.removeprefix('val_')}" for m in metrics)]
+    body = [row(s, results[s]) for s in trained]
+    tail = [row(f"mean ({len(trained)} site{'s' if len(trained) != 1 else ''})", means)] + [
+        row(f"{s} (unseen)", results[s]) for s in results if s in unseen
+    ]
+    widths = [max(len(r[i]) for r in [header, *body, *tail]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *map(line, body), rule, *map(line, tail)])
+
+
+def _release(handlers: Sequence[logging.Handler]) -> None:
+    """Undo :func:`configure_logging`'s handlers (the log file closed)."""
+    for log in [logging.getLogger(), *logging.root.manager.loggerDict.values()]:
+        if isinstance(log, logging.Logger):
+            for handler in handlers:
+                log.removeHandler(handler)
+    for handler in handlers:
+        handler.close()
+
+
+def simulate_command(*args: Any, verbose: bool = False, **kwargs: Any) -> None:
+    """``python -m omnifm_monai.fl simulate``: :func:`simulate`, then its test metrics as a table.
+
+    At the default verbosity the console shows one line per round (its time and the sites' mean validation
+    key metric), the test table and the figures' paths; ``--verbose`` shows every log record (MONAI's and
+    ignite's per-iteration and per-epoch logs). Everything is also written to ``<output>/simulate.log``.
+    """
+    bound = inspect.signature(simulate).bind(*args, **kwargs)
+    bound.apply_defaults()
+    handlers = configure_logging(bound.arguments["output"], verbose)
+    try:
+        results = simulate(*bound.args, **bound.kwargs)
+        if results:
+            unseen = _site_list(bound.arguments["unseen_sites"]) or ()
+            print(results_table(results, list(unseen)))
+        if (Path(bound.arguments["output"]) / LOG_FILE).is_file():
+            print(f"full log: {Path(bound.arguments['output']) / LOG_FILE}")
+    finally:
+        _release(handlers)
+
+
+# --help lists simulate's arguments, and --verbose
+simulate_command.__doc__ = (
+    f"{simulate_command.__doc__.rstrip()}\n\n{simulate.__doc__.split(chr(10) * 2, 1)[1].rstrip()}\n"
+    "        verbose: show every log record on the console (the log file has them either way).\n"
+)
+simulate_command.__signature__ = inspect.signature(simulate).replace(  # what Fire and unknown flags read
+    parameters=[
+        *inspect.signature(simulate).parameters.values(),
+        inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool),
+    ],
+    return_annotation=None,
+)
