@@ -39,15 +39,19 @@ debian_data() {
     fi
 }
 
+SITES=outputs/reference_sites
+reference_sites() {
+    # every site but the simulated T1 scanners, which exist for the intra-modality benchmark
+    [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES" \
+        --sites icbm_t1,colin_t1,icbm_t2w,icbm_pdw,icbm_flair,head_ct,epi_t2star,dwi_b0
+}
+
 case "${1:-}" in
     main)
         setup
         debian_data
         shift
-        SITES=outputs/reference_sites
-        # every site but the simulated T1 scanners, which exist for the intra-modality benchmark
-        [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES" \
-            --sites icbm_t1,colin_t1,icbm_t2w,icbm_pdw,icbm_flair,head_ct,epi_t2star,dwi_b0
+        reference_sites
         # federated OmniFM segmentation across the MR reference sites (real T1 x2, simulated T2w/PDw/FLAIR);
         # resumes if interrupted; prints each site's test metrics; metrics.csv, TensorBoard, the global
         # model and the bank land in $OUT (or in --output DIR)
@@ -69,9 +73,7 @@ case "${1:-}" in
         debian_data
         setup_label
         shift
-        SITES=outputs/reference_sites
-        [ -f "$SITES/sites.json" ] || "$PY" -m omnifm_monai.data build_reference_sites --output_dir "$SITES" \
-            --sites icbm_t1,colin_t1,icbm_t2w,icbm_pdw,icbm_flair,head_ct,epi_t2star,dwi_b0
+        reference_sites
         # a short training (5 epochs on icbm_t1) unless a checkpoint is there; the bundle's own command trains longer
         BUNDLE=bundles/omnifm_segmentation
         [ -f "$BUNDLE/models/model.pt" ] || "$PY" -m monai.bundle run --config_file "$BUNDLE/configs/train.json" \

@@ -77,6 +77,18 @@ def _run(workflow: ConfigWorkflow) -> None:
     workflow.finalize()
 
 
+def _infer(name: str, overrides: dict, input_path, out_dir: Path) -> None:
+    """The bundle's inference (train.json + inference.json) on ``input_path``, written to ``out_dir``."""
+    _run(
+        _workflow(
+            name,
+            ["train.json", "inference.json"],
+            "infer",
+            {**overrides, "input_path": str(input_path), "output_dir": str(out_dir)},
+        )
+    )
+
+
 def _dicom_series(folder: Path, depth: int = 3) -> Path:
     """A real CT slice written as a ``depth``-slice DICOM series (positions 2.5 mm apart)."""
     folder.mkdir(parents=True)
@@ -156,14 +168,7 @@ def test_inference_keeps_the_inputs_grid(trained, source, reference_sites, tmp_p
     else:
         input_path = str(_dicom_series(tmp_path / "series"))
     out_dir = tmp_path / "predictions"
-    _run(
-        _workflow(
-            name,
-            ["train.json", "inference.json"],
-            "infer",
-            {**overrides, "input_path": input_path, "output_dir": str(out_dir)},
-        )
-    )
+    _infer(name, overrides, input_path, out_dir)
     written = [p for p in out_dir.iterdir() if not p.name.endswith("_novelty.json")]
     assert len(written) == 1 and spec["postfix"] in written[0].name
     # the out-of-distribution record beside it: a finite score against the threshold calibrated in training
@@ -194,14 +199,7 @@ def test_a_slice_is_segmented_alike_whatever_plane_its_header_names(trained, tmp
     for plane, orientation in PLANES.items():
         path = _dicom_slice(tmp_path / f"{plane}.dcm", orientation)
         out_dir = tmp_path / f"pred_{plane}"
-        _run(
-            _workflow(
-                name,
-                ["train.json", "inference.json"],
-                "infer",
-                {**overrides, "input_path": str(path), "output_dir": str(out_dir)},
-            )
-        )
+        _infer(name, overrides, path, out_dir)
         pred = LoadImage(image_only=True)(next(out_dir.glob("*_seg.nii.gz")))
         np.testing.assert_allclose(
             pred.affine, LoadImage(reader=ClinicalDicomReader, image_only=True)(str(path)).affine, atol=1e-4
@@ -310,14 +308,7 @@ def test_segmentation_of_a_volume_does_not_depend_on_how_it_is_stored(trained, r
         path = tmp_path / f"{label}.nii.gz"
         nib.save(nib.Nifti1Image(data, aff), path)
         out_dir = tmp_path / f"pred_{label}"
-        _run(
-            _workflow(
-                name,
-                ["train.json", "inference.json"],
-                "infer",
-                {**overrides, "input_path": str(path), "output_dir": str(out_dir)},
-            )
-        )
+        _infer(name, overrides, path, out_dir)
         pred = nib.load(next(out_dir.glob("*_seg.nii.gz")))
         assert pred.shape == data.shape
         np.testing.assert_allclose(pred.affine, aff, atol=1e-4)
