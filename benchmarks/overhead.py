@@ -1,74 +1,78 @@
-"""Training-step cost of OmniFM against its plain backbone, per task network, side by side in one run.
+"""Training-step cost of OmniFM against its plain backbone, per shipped bundle, side by side in one run.
 
-    python benchmarks/overhead.py [--size 128] [--batch 8] [--steps 10]
+    python benchmarks/overhead.py [--size 128] [--batch 8] [--steps 10] [--overrides '{"network_def#fusion_level": 3}']
 
-For each task network at ``1 x size x size`` with batch ``batch``: the median wall time of one training
-step (forward, loss, backward, Adam step) on the CPU, the two models interleaved step by step so both see
-the same machine state, and the peak resident memory of a fresh process running those steps (above the
-process's footprint after importing torch: model, optimizer state, activations). The
-backbone is the very same MONAI network OmniFM wraps (every OmniFM part off). OmniFM runs with its bank
-filled to capacity and the gate open, as in a federated round. The last line reads
+For each bundle's network (its ``configs/train.json`` ``network_def``, as shipped, plus ``--overrides``) at
+``1 x size x size`` with batch ``batch``: the median wall time of one training step (forward, loss, backward,
+Adam step) on the CPU, the two models interleaved step by step so both see the same machine state, and the
+peak resident memory of a fresh process running those steps (above the process's footprint after importing
+torch: model, optimizer state, activations). The backbone is the network the baselines train: the same
+bundle with every OmniFM part off (the strategies' ``network_def::use_*`` overrides). OmniFM runs with its
+bank filled to capacity and the gate open, as in a federated round. The last line reads
 ``worst step-time ratio: R``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from omnifm_monai.fl.bundle import build_network
 from omnifm_monai.losses import OmniFMLoss
-from omnifm_monai.networks import OmniFMResNet, OmniFMUNet, OmniFMVQA
+from omnifm_monai.networks import OmniFM
 from omnifm_monai.networks.blocks import kmeans_centroids
 
-OFF = dict(use_gskr=False, use_ecaf=False, use_prefix=False, use_suffix=False, use_spa=False)
-TASKS = ("classification", "segmentation", "super_resolution", "vqa")
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = {
+    "classification": "omnifm_classification",
+    "segmentation": "omnifm_segmentation",
+    "super_resolution": "omnifm_super_resolution",
+    "vqa": "omnifm_vqa",
+}
+TASKS = tuple(BUNDLES)
+# VQA's vocabulary and answers come from a datalist; any 200 words and 30 answers size the network
+VOCABULARY, ANSWERS = [f"w{i}" for i in range(200)], [f"a{i}" for i in range(30)]
 
 
-def build(task: str, omnifm: bool, size: int, batch: int):
-    """(network, inputs, target, task loss) for one task; the same seed gives the same backbone."""
+def build(task: str, omnifm: bool, size: int, batch: int, overrides: dict | None = None):
+    """(network, inputs, target, task loss) for one task's shipped network; the same seed gives the same
+    backbone."""
+    # no datalist is read: its metadata is empty and VQA gets a vocabulary of its own
+    extra = {
+        "datalist_meta": {},
+        **(overrides or {}),
+        **({"vocabulary": VOCABULARY, "answers": ANSWERS} if task == "vqa" else {}),
+    }
+    if not omnifm:
+        extra.update({f"network_def::{p}": False for p in OmniFM.PARTS})
     torch.manual_seed(0)
-    flags = {"gate_init": 0.5} if omnifm else OFF
+    net = build_network(ROOT / "bundles" / BUNDLES[task], extra)
+    if omnifm:
+        net.gate.alpha.data.fill_(0.5)  # an open gate: the fused path is computed and trained
     x = torch.rand(batch, 1, size, size)
-    if task == "classification":
-        return (
-            OmniFMResNet(2, 1, 4, **flags),
-            (x,),
-            torch.randint(0, 4, (batch,)),
-            torch.nn.CrossEntropyLoss(),
-        )
-    if task == "segmentation":
-        return (
-            OmniFMUNet(2, 1, 3, **flags),
-            (x,),
-            torch.randint(0, 3, (batch, size, size)),
-            torch.nn.CrossEntropyLoss(),
-        )
+    if task in ("classification", "segmentation"):
+        with torch.no_grad():
+            classes = net.eval()(x[:1]).shape[1]
+        target = torch.randint(0, classes, (batch,) if task == "classification" else (batch, size, size))
+        return net, (x,), target, torch.nn.CrossEntropyLoss()
     if task == "super_resolution":
-        return (
-            OmniFMUNet(2, 1, 1, norm=None, residual=True, **flags),
-            (x,),
-            x.clone(),
-            torch.nn.L1Loss(),
-        )  # as the bundle
-    question = torch.randint(1, 200, (batch, 12))
-    return (
-        OmniFMVQA(2, 1, 200, 30, **flags),
-        (x, question),
-        torch.randint(0, 30, (batch,)),
-        torch.nn.CrossEntropyLoss(),
-    )
+        return net, (x,), x.clone(), torch.nn.L1Loss()
+    question = torch.randint(1, len(VOCABULARY), (batch, 12))
+    return net, (x, question), torch.randint(0, len(ANSWERS), (batch,)), torch.nn.CrossEntropyLoss()
 
 
 class Stepper:
-    def __init__(self, task: str, omnifm: bool, size: int, batch: int) -> None:
-        self.net, self.inputs, self.target, task_loss = build(task, omnifm, size, batch)
+    def __init__(self, task: str, omnifm: bool, size: int, batch: int, overrides: dict | None = None) -> None:
+        self.net, self.inputs, self.target, task_loss = build(task, omnifm, size, batch, overrides)
         self.net.train()
         if omnifm:  # a full bank: retrieval cost at its worst
-            tokens = self.net.spectral_tokens(torch.rand(256, 1, size, size)).squeeze(1)
+            tokens = self.net.spectral_tokens(torch.rand(256, 1, size, size)).mean(1)  # the keys: mean token
             n = self.net.bank.capacity // 8
             self.net.bank.merge(
                 [
@@ -93,9 +97,9 @@ def _status_mib(field: str) -> float:
     return int(line.split()[1]) / 1024  # kB -> MiB
 
 
-def _peak_rss(task: str, omnifm: bool, size: int, batch: int, steps: int, queue) -> None:
+def _peak_rss(task: str, omnifm: bool, size: int, batch: int, steps: int, overrides, queue) -> None:
     baseline = _status_mib("VmRSS")  # torch imported, nothing built
-    stepper = Stepper(task, omnifm, size, batch)
+    stepper = Stepper(task, omnifm, size, batch, overrides)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) so bank filling and set-up do not count
     for _ in range(steps):
@@ -103,10 +107,10 @@ def _peak_rss(task: str, omnifm: bool, size: int, batch: int, steps: int, queue)
     queue.put(_status_mib("VmHWM") - baseline)
 
 
-def peak_rss_mib(task: str, omnifm: bool, size: int, batch: int, steps: int) -> float:
+def peak_rss_mib(task: str, omnifm: bool, size: int, batch: int, steps: int, overrides=None) -> float:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_rss, args=(task, omnifm, size, batch, steps, queue))
+    proc = ctx.Process(target=_peak_rss, args=(task, omnifm, size, batch, steps, overrides, queue))
     proc.start()
     value = queue.get()
     proc.join()
@@ -119,6 +123,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument(
+        "--overrides", type=json.loads, default={}, help="bundle overrides (JSON), every task"
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x{args.size}x{args.size}, batch {args.batch}"
@@ -127,8 +135,9 @@ def main() -> None:
     print(header)
     print("|" + "---|" * 7)
     worst = 0.0
-    for task in TASKS:
-        plain, omni = Stepper(task, False, args.size, args.batch), Stepper(task, True, args.size, args.batch)
+    for task in args.tasks:
+        plain = Stepper(task, False, args.size, args.batch, args.overrides)
+        omni = Stepper(task, True, args.size, args.batch, args.overrides)
         times = {False: [], True: []}
         for i in range(args.warmup + args.steps):
             for key, stepper in ((False, plain), (True, omni)):
@@ -136,8 +145,8 @@ def main() -> None:
                 if i >= args.warmup:
                     times[key].append(t)
         t_plain, t_omni = statistics.median(times[False]), statistics.median(times[True])
-        m_plain = peak_rss_mib(task, False, args.size, args.batch, 2)
-        m_omni = peak_rss_mib(task, True, args.size, args.batch, 2)
+        m_plain = peak_rss_mib(task, False, args.size, args.batch, 2, args.overrides)
+        m_omni = peak_rss_mib(task, True, args.size, args.batch, 2, args.overrides)
         ratio = t_omni / t_plain
         worst = max(worst, ratio)
         print(

@@ -1,6 +1,7 @@
 """Benchmark suites: OmniFM against the federated baselines on the reference sites.
 
     python benchmarks/run.py --suite quick|default [--only task=segmentation --only strategy=fedavg,omnifm] [--workers 2]
+    python benchmarks/run.py --suite paper --data_root DIR   # the paper's datasets, downloaded into DIR
 
 A suite is one YAML file under ``benchmarks/suites/``: the reference data to build, the training budget, the
 tasks (bundles), the scenarios (site lists), the ablation variants and the experiments (which strategies run
@@ -116,8 +117,20 @@ def check_suite(suite: Any, path: Path) -> None:
     if suite.get("lr_schedule", "constant") not in ("constant", "cosine"):
         fail(f"lr_schedule must be constant or cosine, not {suite['lr_schedule']!r}.")
     builder = (suite["data"] or {}).get("builder", "build_reference_sites")
-    if builder not in ("build_reference_sites", "build_federation_sites"):
-        fail(f"data: builder must be build_reference_sites or build_federation_sites, not {builder!r}.")
+    if builder not in ("build_reference_sites", "build_federation_sites", "prepare"):
+        fail(
+            f"data: builder must be build_reference_sites, build_federation_sites or prepare, not {builder!r}."
+        )
+    datasets = (suite["data"] or {}).get("datasets") or {}
+    if builder == "prepare" and not all(
+        isinstance(d, dict) and "format" in d and "input" in d for d in datasets.values()
+    ):
+        fail(
+            "data: the prepare builder needs `datasets`, each with a `format` and an `input` under --data_root."
+        )
+    for task, spec in suite["tasks"].items():
+        if "data" in spec and spec["data"] not in datasets:
+            fail(f"task `{task}`: data {spec['data']!r} is not one of data.datasets {sorted(datasets)}.")
     variants = suite.get("variants") or {}
     for label, variant in variants.items():
         if variant.get("strategy") not in STRATEGIES:
@@ -245,7 +258,9 @@ def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict
 
     task = suite["tasks"][cell.task]
     variant = (suite.get("variants") or {}).get(cell.strategy, {"strategy": cell.strategy})
-    sites_dir = workdir / "sites"
+    sites_dir = (
+        workdir / "sites" / task["data"] if "data" in task else workdir / "sites"
+    )  # prepared: one root each
     bundle = ROOT / task["bundle"]
     names, unseen = scenario_sites(suite, cell.scenario)
     datalist = bundle_task(bundle)
@@ -410,8 +425,30 @@ def parse_only(only: Sequence[str]) -> dict[str, set[str]]:
     return filters
 
 
+def prepare_data(suite: Mapping[str, Any], sites_dir: Path, data_root: str | Path | None) -> None:
+    """A suite whose data the user downloads: each of ``data.datasets`` (``format``, ``input`` below
+    ``data_root``, and :func:`~omnifm_monai.data.prepare.prepare`'s other options) into ``sites_dir/<name>``."""
+    from omnifm_monai.data.prepare import prepare
+
+    if data_root is None:
+        raise ValueError(f"suite {suite['name']} reads downloaded datasets: pass --data_root DIR.")
+    datasets = suite["data"]["datasets"]
+    for name, spec in datasets.items():
+        inputs = ",".join(str(Path(data_root) / p.strip()) for p in str(spec["input"]).split(","))
+        options = {k: v for k, v in spec.items() if k not in ("format", "input")}
+        prepare(spec["format"], inputs, sites_dir / name, **options)
+    (sites_dir / "sites.json").write_text(
+        json.dumps({"builder_version": "prepare", "datasets": datasets}, indent=1)
+    )
+
+
 def run_suite(
-    suite: Mapping[str, Any], workdir: Path, results: Path, only: Sequence[str] = (), workers: int = 1
+    suite: Mapping[str, Any],
+    workdir: Path,
+    results: Path,
+    only: Sequence[str] = (),
+    workers: int = 1,
+    data_root: str | Path | None = None,
 ) -> list[str]:
     """Run the selected cells that are not in ``results`` yet; returns the problems :func:`check_results` finds."""
     from omnifm_monai import data
@@ -432,7 +469,9 @@ def run_suite(
         len(todo),
     )
     sites_dir = workdir / "sites"
-    if todo and not (sites_dir / "sites.json").is_file():
+    if todo and not (sites_dir / "sites.json").is_file() and suite["data"].get("builder") == "prepare":
+        prepare_data(suite, sites_dir, data_root)
+    elif todo and not (sites_dir / "sites.json").is_file():
         every_site = [s for sites in suite["scenarios"].values() for s in sites]
         every_site += (suite.get("pretraining") or {}).get("sites", [])
         every_site += suite.get("real_sites") or []
@@ -493,12 +532,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workdir", help="run folders and reference data (default outputs/benchmarks/<suite>)"
     )
     parser.add_argument("--results", help="results CSV (default benchmarks/results/<suite>.csv)")
+    parser.add_argument(
+        "--data_root", help="the downloaded datasets of a suite built by prepare (e.g. paper)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     suite = load_suite(args.suite)
     workdir = Path(args.workdir or ROOT / "outputs" / "benchmarks" / suite["name"])
     results = Path(args.results or ROOT / "benchmarks" / "results" / f"{suite['name']}.csv")
-    problems = run_suite(suite, workdir, results, args.only, args.workers)
+    problems = run_suite(suite, workdir, results, args.only, args.workers, args.data_root)
     for problem in problems:
         logger.error(problem)
     logger.info(

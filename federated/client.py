@@ -23,6 +23,7 @@ import nvflare.client as flare
 import torch
 
 from omnifm_monai.data.validation import root_cause
+from omnifm_monai.fl.compression import check_codec, to_diff
 from omnifm_monai.fl.engine import (
     client_round,
     evaluation_data,
@@ -48,6 +49,7 @@ DEFAULTS = {
     "local_epochs": 1,
     "send_weight_diff": False,
     "lr_schedule": "constant",
+    "compression": "none",
 }
 
 
@@ -91,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--send_weight_diff", action="store_true", default=None, help="send local - global (labelled DIFF)"
     )
+    p.add_argument(
+        "--compression",
+        default=None,
+        help="none (default), fp16 or int8: send local - global for the job's UpdateEncoder filter to encode",
+    )
     args = p.parse_args(argv)
     config = dict(DEFAULTS)
     if args.job_config:
@@ -101,6 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             config[key] = json.loads(value) if key in ("strategy_options", "overrides") else value
     if not config["bundle"]:
         p.error("--bundle (or a --job_config naming it) is required")
+    check_codec(config["compression"])
     return argparse.Namespace(**{**vars(args), **config})
 
 
@@ -127,7 +135,12 @@ def setup_site(args: argparse.Namespace, site: str):
     bundle = resolve_bundle(args.bundle)
     options = dict(args.strategy_options)
     strategy, _ = make_strategy(
-        bundle, args.strategy, options.get("sites", []), options, dataset_dir=dataset_dir
+        bundle,
+        args.strategy,
+        options.get("sites", []),
+        options,
+        dataset_dir=dataset_dir,
+        overrides=args.overrides,
     )
     sites = list(options.get("sites") or [])
     index = args.site_index if args.site_index is not None else (sites.index(site) if site in sites else 0)
@@ -205,6 +218,10 @@ def main(argv=None) -> None:
             logger.error("site %s left out of round %s: %s", site, received.current_round, root_cause(err))
             flare.send(no_update())
             continue
+        if (
+            args.compression != "none"
+        ):  # the job's UpdateEncoder encodes the difference, as the simulator does
+            update = to_diff(update, global_weights)
         iterations = client.trainer.state.iteration - client.iter_of_start_time
         logger.info("site %s round %s: %s", site, received.current_round, metrics)
         flare.send(update_to_flmodel(update, metrics=metrics, iterations=iterations))

@@ -6,6 +6,7 @@ aggregator, the Client API script ``client.py`` on every site, and the simulator
     python federated/job.py ... --env poc                       # server and clients as separate processes
     python federated/job.py ... --export_dir jobs/omnifm         # a job folder for `nvflare job submit` (production)
     python federated/job.py ... --cross_site_eval                # then the final global model on every site
+    python federated/job.py ... --compression int8               # sites upload their update 8-bit blockwise
 
 Every strategy except ``local`` and ``centralized`` runs as FedAvg-style rounds (send global -> train ->
 aggregate); the aggregation rule, private keys and payload are the strategy's. After a run the result is
@@ -37,11 +38,14 @@ from nvflare.app_opt.pt.recipes import FedAvgRecipe
 from nvflare.recipe import PocEnv, SimEnv, set_per_site_config
 
 from omnifm_monai.fl.bundle import key_metric
+from omnifm_monai.fl.compression import CODECS, check_codec
 from omnifm_monai.fl.engine import make_strategy, round_lr_scale
 from omnifm_monai.fl.nvflare import (
     REJECTED,
     SITE_METRICS,
     StrategyAggregator,
+    UpdateDecoder,
+    UpdateEncoder,
     federated_rounds,
     initial_checkpoint,
     network_spec,
@@ -57,6 +61,9 @@ JOB_CONFIG = "omnifm_job.json"
 INITIAL_CKPT = "initial_global_model.pt"
 BUNDLE_FILES = "bundle_files"  # its content lands in each client app's custom/ folder
 CROSS_SITE_RESULTS = "cross_val_results.json"  # NVFlare's ValidationJsonGenerator, in the server's run folder
+# seconds between a site's task requests and between the controller's checks of its tasks on one machine
+# (NVFlare's defaults, 2 and 0.5, suit sites across a network and make a round's floor there)
+POLL_INTERVAL = 0.1
 
 
 @contextlib.contextmanager
@@ -75,11 +82,22 @@ def _environ(name: str, value: str):
 
 class _FedAvgRecipe(FedAvgRecipe):
     """FedAvgRecipe whose controller leaves a site that fails a round out of it, as the simulator does, instead of
-    ending the job (NVFlare's default needs a result from every site). How many updates a round needs is the
-    aggregator's ``min_updates`` (``--min_sites``): fewer fail the round, and the job, with that count."""
+    ending the job (NVFlare's default needs a result from every site; ``ignore_result_error=False`` keeps it). How
+    many updates a round needs is the aggregator's ``min_updates`` (``--min_sites``): fewer fail the round, and the
+    job, with that count. ``task_check_period``: how often the controller checks that a round's tasks are done."""
+
+    def __init__(
+        self, *args, ignore_result_error: bool = True, task_check_period: float = 0.5, **kwargs
+    ) -> None:
+        # read by _get_controller_kwargs during FedAvgRecipe.__init__
+        self._controller_kwargs = {
+            "ignore_result_error": ignore_result_error,
+            "task_check_period": task_check_period,
+        }
+        super().__init__(*args, **kwargs)
 
     def _get_controller_kwargs(self) -> dict[str, Any]:
-        return {**super()._get_controller_kwargs(), "ignore_result_error": True}
+        return {**super()._get_controller_kwargs(), **self._controller_kwargs}
 
 
 @contextlib.contextmanager
@@ -127,6 +145,8 @@ def build_recipe(
     native_fedavg: bool = False,
     lr_schedule: str = "constant",
     cross_site_eval: bool = False,
+    compression: str = "none",
+    poll_interval: float | None = POLL_INTERVAL,
 ) -> FedAvgRecipe:
     """The job as a recipe. ``site_dirs`` puts each site's ``--dataset_dir`` in the job (simulation, PoC);
     without it every site reads ``OMNIFM_DATASET_DIR`` from its own environment (production). ``external``
@@ -137,8 +157,16 @@ def build_recipe(
     sites' learning rate over the rounds, as in the simulator (``constant`` or ``cosine``). ``min_sites``: valid
     updates a round needs, as in the simulator; a site that fails (its data does not validate, its training
     raises) is left out of the round and the job goes on while that many remain. ``cross_site_eval``: after the
-    last round, :func:`add_cross_site_eval`."""
+    last round, :func:`add_cross_site_eval`. ``compression``: what the sites upload, as in the simulator
+    (:func:`add_compression`). ``poll_interval``: seconds between a site's task requests
+    (:func:`set_poll_interval`) and between the controller's checks of a round's tasks (``None``: NVFlare's
+    defaults, 2 s and 0.5 s)."""
     federated_rounds(strategy, check=True)
+    check_codec(compression)
+    if poll_interval is not None and (
+        isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) or poll_interval <= 0
+    ):
+        raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}.")
     if isinstance(min_sites, bool) or not isinstance(min_sites, int) or not 1 <= min_sites <= len(sites):
         raise ValueError(f"min_sites must be an integer in 1..{len(sites)} (the sites), got {min_sites!r}.")
     round_lr_scale(lr_schedule, 0, max(rounds, 1))  # an unknown schedule fails here, not on the sites
@@ -150,7 +178,12 @@ def build_recipe(
     )  # before any chdir
     overrides = dict(overrides or {})
     strat, options = make_strategy(
-        bundle_dir, strategy, sites, strategy_options, dataset_dir=overrides.get("dataset_dir")
+        bundle_dir,
+        strategy,
+        sites,
+        strategy_options,
+        dataset_dir=overrides.get("dataset_dir"),
+        overrides=overrides,
     )
     staging_dir = Path(staging or tempfile.mkdtemp(prefix="omnifm_nvflare_")).resolve()
     staged = _stage(bundle_dir, staging_dir)
@@ -166,10 +199,13 @@ def build_recipe(
         "local_epochs": local_epochs,
         "send_weight_diff": send_weight_diff,
         "lr_schedule": lr_schedule,
+        "compression": compression,
     }
     (staging_dir / JOB_CONFIG).write_text(json.dumps(job_config, indent=2))
     with _cwd(staging_dir):
-        recipe = (FedAvgRecipe if native_fedavg else _FedAvgRecipe)(
+        recipe = _FedAvgRecipe(
+            ignore_result_error=not native_fedavg,
+            task_check_period=poll_interval or 0.5,  # NVFlare's default
             name=name or f"omnifm_{re.sub(r'[^A-Za-z0-9_-]', '_', strategy)}",
             model=network_spec(
                 bundle_dir, strat, overrides
@@ -202,10 +238,30 @@ def build_recipe(
         recipe._job.set_app_packages(["omnifm_monai"])  # FedJob API; recipes keep their job private
         recipe.add_client_file(BUNDLE_FILES)  # -> custom/<bundle name>/configs
         recipe.add_client_file(JOB_CONFIG)
+    if compression != "none":
+        add_compression(recipe, compression)
+    if poll_interval is not None:
+        set_poll_interval(recipe, poll_interval)
     if cross_site_eval:
         add_cross_site_eval(recipe)
     recipe.staging_dir = staging_dir
     return recipe
+
+
+def add_compression(recipe: FedAvgRecipe, codec: str) -> None:
+    """Update compression in NVFlare's filter chain, where NVFlare's own ``ModelQuantizer`` / ``ModelDequantizer``
+    sit: each site's ``train`` result (its update as a difference to the global weights; ``client.py`` sends one)
+    is encoded by :class:`UpdateEncoder` on the way out and decoded by :class:`UpdateDecoder` on the server before
+    the aggregator sees it: the simulator's codec, so the same global model as ``simulate(compression=codec)``."""
+    recipe.add_client_output_filter(UpdateEncoder(codec), tasks=["train"])
+    recipe.add_server_input_filter(UpdateDecoder(), tasks=["train"])
+
+
+def set_poll_interval(recipe: FedAvgRecipe, seconds: float) -> None:
+    """The server's ``task_request_interval``: how long a site waits before it asks for its next task, also right
+    after sending a result (NVFlare's default, 2 s, is the largest part of a round's floor on one machine). The
+    controller's ``task_check_period`` is the recipe's (:class:`_FedAvgRecipe`)."""
+    recipe.add_server_config({"server": {"task_request_interval": seconds}})
 
 
 def add_cross_site_eval(recipe: FedAvgRecipe) -> None:
@@ -489,6 +545,19 @@ def main(argv=None) -> None:
         action="store_true",
         help="after the last round, NVFlare's cross-site evaluation of the final global model on every site",
     )
+    p.add_argument(
+        "--compression",
+        default="none",
+        choices=CODECS,
+        help="what the sites upload: their update as the difference to the global weights, fp16 or 8-bit blockwise",
+    )
+    p.add_argument(
+        "--poll_interval",
+        type=float,
+        default=None,
+        help=f"seconds between NVFlare's task requests and checks (default {POLL_INTERVAL}; with --export_dir "
+        "NVFlare's own, 2 and 0.5)",
+    )
     p.add_argument("--external", action="store_true", help="run each site's script as its own process")
     p.add_argument(
         "--command",
@@ -528,6 +597,8 @@ def main(argv=None) -> None:
             command=a.command or ("python3 -u" if a.export_dir else None),
             lr_schedule=a.lr_schedule,
             cross_site_eval=a.cross_site_eval,
+            compression=a.compression,
+            poll_interval=a.poll_interval or (None if a.export_dir else POLL_INTERVAL),
         )
         if a.export_dir:
             print(f"job exported to {export(recipe, a.export_dir)}")

@@ -19,6 +19,8 @@ never trained on, and no subject is shared between sites. Sites (:data:`SITES`):
 Items are the subjects' axial slices for the reference sites' tasks and datalist metadata, so the bundles
 train on these sites unchanged; every item records its ``subject`` (``<site>/s03``) and provenance (image
 kind, label source, the deformation's parameters). VQA items say whether their answer is ``site_constant``.
+Asked for by name, ``segmentation_3d`` items are the same subjects' volumes on the ``spacing`` grid
+(:mod:`.volumes`; the 3D segmentation bundle trains on them).
 ``DATA_CARD.md`` and ``sites.json`` (with :data:`BUILDER_VERSION` and every argument) describe the build.
 """
 
@@ -38,19 +40,20 @@ from monai.config import PathLike
 from omnifm_monai.transforms.text import build_vocabulary
 
 from .appearance import CONTRASTS, Realism, real_appearance, scan, simulate_contrast
-from .layout import SPLITS, TASKS, replaced_atomically, write_datalist
+from .layout import SPLITS, TASKS, VOLUME_TASKS, replaced_atomically, write_datalist
 from .reference_sites import LEVELS, LICENCES, _names, _task_items, _task_meta
 from .simulation import SCANNERS, TISSUE, _rng
 from .slicing import _extent, _slices, _split
 from .sources import INVESALIUS_FILE, MRICRON_DIR, _colin_t1, _head_ct, _icbm_t1
 from .subjects import Deformation, _Anatomy, resample_volume, virtual_subject
+from .volumes import VOLUME_DESCRIPTION, _volume_items, _volumes
 
 __all__ = ["BUILDER_VERSION", "SCENARIOS", "SITES", "build_federation_sites"]
 
 logger = logging.getLogger(__name__)
 
 BUILDER_VERSION = "federation-1"
-_ALL, _CT = TASKS, ("classification", "super_resolution", "vqa")
+_ALL, _CT = TASKS + VOLUME_TASKS, ("classification", "super_resolution", "vqa")
 # site -> (modality, VQA modality answer, tasks, anatomy, image model); the first three as in
 # reference_sites.SITES. Image model: "real" (deformed real intensities), a CONTRASTS or SCANNERS name
 # (simulated), or "undeformed" (the real volume itself, a real-image evaluation site).
@@ -147,16 +150,27 @@ def _site(
     site: str, anat: _Anatomy, folder: Path, tasks: list[str], args: dict, deformation: Deformation,
     realism: Realism,
 ) -> tuple[dict[str, dict], dict, dict]:  # fmt: skip
-    """Write a site's slices; return its items per task, its datalists' metadata and its subjects' record."""
+    """Write a site's slices (and volumes, for ``segmentation_3d``); return its items per task, its datalists'
+    metadata and its subjects' record."""
     items: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in tasks}
     subjects: dict[str, dict] = {}
-    (folder / "images").mkdir(parents=True)
-    if anat.tissue is not None:
-        (folder / "labels").mkdir()
+    slice_tasks = [t for t in tasks if t not in VOLUME_TASKS]
+    folder.mkdir(parents=True)
+    if slice_tasks:
+        (folder / "images").mkdir()
+        if anat.tissue is not None:
+            (folder / "labels").mkdir()
     for subject, vol, deform, look, slabs, bounds in _subjects(site, anat, args, deformation, realism):
-        records = _slices(vol, folder, slabs, bounds, args["size"])
-        for task in tasks:
-            for split, new in _task_items(vol, site, task, records, args["seed"], SITES).items():
+        made: dict[str, dict[str, list[dict]]] = {}
+        if slice_tasks:
+            records = _slices(vol, folder, slabs, bounds, args["size"])
+            made = {t: _task_items(vol, site, t, records, args["seed"], SITES) for t in slice_tasks}
+        if "segmentation_3d" in tasks:  # the same slices as whole volumes: one per contiguous run of a split
+            made["segmentation_3d"] = _volume_items(
+                vol, _volumes(vol, folder, slabs, args["slice_stride"]), SPLITS
+            )
+        for task, per_split in made.items():
+            for split, new in per_split.items():
                 for item in new:
                     item["subject"] = subject
                     item["provenance"]["virtual_subject"] = deform
@@ -166,7 +180,11 @@ def _site(
     if "vqa" in items:
         _mark_site_constant(items["vqa"])
     meta_vol = replace(vol, name=anat.name)  # the site's image kind and source; volume: the real source
-    return items, {t: _task_meta(site, t, meta_vol, SITES) for t in tasks}, subjects
+    metas = {t: _task_meta(site, t, meta_vol, SITES) for t in slice_tasks}
+    if "segmentation_3d" in tasks:
+        metas["segmentation_3d"] = {**_task_meta(site, "segmentation", meta_vol, SITES), "task": "segmentation_3d",
+                                    "description": VOLUME_DESCRIPTION, "spacing_mm": args["spacing"]}  # fmt: skip
+    return items, metas, subjects
 
 
 def build_federation_sites(
@@ -195,7 +213,8 @@ def build_federation_sites(
         output_dir: created; must not exist or be empty unless ``overwrite``.
         size: output slices are ``size`` x ``size`` pixels (square field of view, as the reference sites).
         seed: with the site and subject index, it decides each subject's deformation and appearance.
-        sites / tasks: subsets of :data:`SITES` / :data:`TASKS` (default all; comma-separated string ok).
+        sites / tasks: subsets of :data:`SITES` / :data:`TASKS` (default all; comma-separated string ok);
+            ``segmentation_3d`` (asked for by name) also writes each subject's volume on the ``spacing`` grid.
         train_subjects / val_subjects / test_subjects: virtual subjects per site in each split.
         spacing: isotropic grid (mm) the volumes are put on before deforming; lower it for large ``size``.
         slice_stride: keep every ``slice_stride``-th axial slice of the brain's extent (1: all).
@@ -215,9 +234,11 @@ def build_federation_sites(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it.")
     sites, tasks = _names(sites, SITES), _names(tasks, TASKS)
-    unknown = sorted(set(sites) - set(SITES)) + sorted(set(tasks) - set(TASKS))
+    unknown = sorted(set(sites) - set(SITES)) + sorted(set(tasks) - set(TASKS + VOLUME_TASKS))
     if unknown:
-        raise ValueError(f"unknown site(s)/task(s) {unknown}; sites: {list(SITES)}, tasks: {list(TASKS)}.")
+        raise ValueError(
+            f"unknown site(s)/task(s) {unknown}; sites: {list(SITES)}, tasks: {list(TASKS + VOLUME_TASKS)}."
+        )
     if min(train_subjects, val_subjects, test_subjects) < 0 or train_subjects < 1 or slice_stride < 1:
         raise ValueError(
             "a site needs >= 1 training subject, >= 0 validation / test subjects, slice_stride >= 1."
@@ -279,7 +300,8 @@ _CARD = """# Federation sites: data card
 
 Builder `{version}`; arguments in `sites.json`. Slices {size}x{size} px from volumes put on a {spacing} mm
 isotropic grid; images float32 in [0, 1], labels uint8, 2D NIfTI whose affine maps pixels to the volume's
-world space.
+world space. Volumes (task `segmentation_3d`, when asked for): each subject's brain extent, cropped in-plane
+to the head, on the {spacing} mm grid (real-image sites: one volume per slab).
 
 **Subjects.** Every site owns its subjects; none is shared between sites. A virtual subject is a real
 anatomy (ICBM152 2009a T1 with its GM/WM maps, nilearn; Colin27 T1, Debian mricron-data, GM/WM by 3-class

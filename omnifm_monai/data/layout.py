@@ -24,15 +24,24 @@ from typing import Any
 
 from monai.config import PathLike
 
-__all__ = ["SPLITS", "TASKS", "datalist_path", "find_sites", "replaced_atomically", "write_datalist"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "VOLUME_TASKS",
+    "datalist_path",
+    "find_sites",
+    "replaced_atomically",
+    "write_datalist",
+]
 
-TASKS = ("segmentation", "classification", "super_resolution", "vqa")
+TASKS = ("segmentation", "classification", "super_resolution", "vqa")  # slice tasks, built by default
+VOLUME_TASKS = ("segmentation_3d",)  # whole-volume tasks, built when asked for
 SPLITS = ("training", "validation", "test")
 
 
 def _check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}.")
+    if task not in TASKS + VOLUME_TASKS:
+        raise ValueError(f"task must be one of {list(TASKS + VOLUME_TASKS)}, got {task!r}.")
     return task
 
 

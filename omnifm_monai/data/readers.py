@@ -7,7 +7,10 @@ Every reader writes one datalist per site in the project's one layout (:mod:`omn
 - :func:`read_medmnist` -> ``classification.json`` (metadata ``modality``, ``classes``);
 - :func:`read_brats` (FeTS2022 / BraTS) -> ``segmentation.json`` (``modality``, ``labels``);
 - :func:`read_breakhis` -> ``classification.json`` (``modality``, ``classes``) or ``super_resolution.json``;
-- :func:`read_vqa_rad` / :func:`read_slake` -> ``vqa.json`` (``modality``, ``answers``, ``vocabulary``).
+- :func:`read_vqa_rad` / :func:`read_slake` (or both as one federation, :func:`read_vqa_sources`) ->
+  ``vqa.json`` (``modality``, ``answers``, ``vocabulary``);
+- :func:`read_nifti`, a user's folders in the Medical Segmentation Decathlon layout (``imagesTr`` /
+  ``labelsTr``) -> ``segmentation.json`` (``modality``, ``labels``) or ``super_resolution.json``.
 
 A datalist is the project's common form (``site``, ``task``, ``description`` and the metadata above, then
 ``training`` / ``validation`` / ``test`` lists whose paths are relative to the site folder, a
@@ -27,6 +30,7 @@ import csv
 import json
 import os
 import re
+import zipfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,18 @@ from .layout import SPLITS, write_datalist
 
 PILImage, has_pil = optional_import("PIL.Image")
 
-__all__ = ["read_brats", "read_breakhis", "read_medmnist", "read_slake", "read_vqa_rad", "split_by_group"]
+__all__ = [
+    "brats_cases",
+    "nifti_cases",
+    "read_brats",
+    "read_breakhis",
+    "read_medmnist",
+    "read_nifti",
+    "read_slake",
+    "read_vqa_rad",
+    "read_vqa_sources",
+    "split_by_group",
+]
 
 BRATS_SEQUENCES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {"0": "background", "1": "necrotic tumour core", "2": "oedema", "4": "enhancing tumour"}
@@ -116,8 +131,21 @@ def _prov(label: str | None, source: str) -> dict:
 
 
 def _load_json(path: PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: file not found.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}).") from None
+
+
+def _load_questions(path: PathLike) -> list[dict]:
+    """A VQA release file: a JSON list of question objects."""
+    rows = _load_json(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a JSON list of question objects, got {type(rows).__name__}.")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- MedMNIST
@@ -174,7 +202,13 @@ def read_medmnist(
         if flag in sites:
             raise ValueError(f"{file}: a second file for MedMNIST flag {flag!r}; pass one size per flag.")
         parts = {"training": "train", "validation": "val", "test": "test"}
-        with np.load(file) as npz:  # images are read one split at a time: the 224px files are large
+        try:
+            npz = np.load(file)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an archive of named arrays")
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{file}: cannot read it as a NumPy .npz file ({e}).") from None
+        with npz:  # images are read one split at a time: the 224px files are large
             missing = [
                 f"{p}_{k}" for p in parts.values() for k in ("images", "labels") if f"{p}_{k}" not in npz
             ]
@@ -192,6 +226,8 @@ def read_medmnist(
             items: dict[str, list[dict]] = {}
             for split, p in parts.items():
                 images, lab = npz[f"{p}_images"], labels[p].reshape(-1)
+                if len(images) != len(lab):
+                    raise ValueError(f"{file}: {len(images)} {p}_images but {len(lab)} {p}_labels.")
                 index = np.arange(len(lab))
                 if max_per_split is not None and len(index) > max_per_split:
                     index = np.sort(rng.choice(index, max_per_split, replace=False))
@@ -232,21 +268,29 @@ def read_brats(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    partitions: Mapping[str, Sequence[str]] | None = None,
 ) -> dict:
     """FeTS2022 / BraTS case folders ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``, 3D segmentation.
 
     Sites are the partitions of ``partition_csv`` (columns ``Partition_ID, Subject_ID``; site name
-    ``partition_<id>``), or one site ``brats`` without it. ``modality`` is one sequence for every site,
-    ``"all"`` (the four sequences as a list, loaded as channels), or a site (or partition id) -> sequence
-    mapping for cross-modality; partitions it does not name are skipped. Label files keep BraTS values
+    ``partition_<id>``), those of ``partitions`` (site name -> case folder names, used as given), or one
+    site ``brats`` without either. ``modality`` is one sequence for every site, ``"all"`` (the four
+    sequences as a list, loaded as channels), or a site (or partition id) -> sequence mapping for
+    cross-modality; partitions it does not name are skipped. Label files keep BraTS values
     {0, 1, 2, 4}: map them in the bundle with :class:`omnifm_monai.transforms.ConvertBraTSLabelsd`.
     """
     source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"{source_dir}: folder not found.")
     for seq in [modality] if isinstance(modality, str) else modality.values():
         if seq not in (*BRATS_SEQUENCES, "all"):
             raise ValueError(f"modality must be one of {(*BRATS_SEQUENCES, 'all')}, got {seq!r}.")
-    partitions: dict[str, list[str]] = {}
-    if partition_csv is not None:
+    groups: dict[str, tuple[str, list[str]]] = {}  # site -> (partition id, cases)
+    if partitions is not None:
+        groups = {_site_name(site): (site, list(cases)) for site, cases in partitions.items()}
+    elif partition_csv is not None:
+        if not Path(partition_csv).is_file():
+            raise FileNotFoundError(f"{partition_csv}: partitioning CSV not found.")
         with open(partition_csv, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: CSVs saved with a BOM
             for row in csv.DictReader(f):
                 row = {str(k).strip(): str(v or "").strip() for k, v in row.items()}
@@ -254,13 +298,14 @@ def read_brats(
                     raise ValueError(
                         f"{partition_csv}: needs columns Partition_ID, Subject_ID, got {list(row)}."
                     )
-                partitions.setdefault(row["Partition_ID"], []).append(row["Subject_ID"])
+                pid = row["Partition_ID"]
+                groups.setdefault(_site_name("partition", pid), (pid, []))[1].append(row["Subject_ID"])
+        if not groups:
+            raise ValueError(f"{partition_csv}: no rows (expected Partition_ID, Subject_ID).")
     else:
-        # cases with a label map only: BraTS validation folders ship none
-        partitions[""] = sorted(p.name for p in source_dir.iterdir() if any(p.glob(f"{p.name}_seg.nii*")))
+        groups["brats"] = ("", brats_cases(source_dir))
     sites = {}
-    for pid, cases in partitions.items():
-        site = _site_name("partition", pid) if pid else "brats"
+    for site, (pid, cases) in groups.items():
         seq = modality if isinstance(modality, str) else modality.get(site, modality.get(pid))
         if seq is None:
             continue
@@ -288,6 +333,15 @@ def read_brats(
         "output_dir": str(output_dir),
         "sites": sites,
     }
+
+
+def brats_cases(source_dir: PathLike) -> list[str]:
+    """The case folders of a BraTS / FeTS folder that have a label map (BraTS validation folders ship none)."""
+    source_dir = Path(source_dir)
+    cases = sorted(p.name for p in source_dir.iterdir() if p.is_dir() and any(p.glob(f"{p.name}_seg.nii*")))
+    if not cases:
+        raise FileNotFoundError(f"{source_dir}: no BraTS case folders (<case>/<case>_seg.nii.gz) in it.")
+    return cases
 
 
 # ---------------------------------------------------------------------------------------- BreaKHis
@@ -343,13 +397,19 @@ def read_breakhis(
 
 
 # ------------------------------------------------------------------------------------ VQA-RAD/SLAKE
-def _vqa_record(raw: Mapping[str, Any], image_key: str, image_dir: Path, dataset: str) -> dict:
+def _vqa_record(
+    raw: Mapping[str, Any], image_key: str, image_dir: Path, dataset: str, source_file: PathLike = ""
+) -> dict:
+    where = f"{source_file or dataset}: question {raw.get('qid', '?')}"
+    for key in (image_key, "question", "answer", "answer_type"):
+        if raw.get(key) is None or str(raw[key]).strip() == "":
+            raise ValueError(f"{where}: field {key!r} is missing or empty.")
     path = image_dir / str(raw[image_key])
     if not path.is_file():
-        raise FileNotFoundError(f"{dataset}: image {path} (question {raw.get('qid', '?')}) not found.")
+        raise FileNotFoundError(f"{path}: image of {where} not found.")
     answer_type = str(raw.get("answer_type", "")).strip().lower()
     if answer_type not in ("closed", "open"):
-        raise ValueError(f"{dataset}: answer_type must be CLOSED or OPEN, got {raw.get('answer_type')!r}.")
+        raise ValueError(f"{where}: answer_type must be CLOSED or OPEN, got {raw.get('answer_type')!r}.")
     return {
         "path": path,
         "image_name": str(raw[image_key]),
@@ -434,13 +494,19 @@ def read_vqa_rad(
     ``test`` form the test split (as published: their images also appear in training); the rest is
     split by image. ``answers`` adds to the answer list (e.g. another dataset's, to share a label space).
     """
-    records = [_vqa_record(r, "image_name", Path(image_dir), "VQA-RAD") for r in _load_json(json_file)]
+    sites = _vqa_rad_sites(json_file, image_dir, site, val_fraction, test_fraction, use_official_test, seed)
+    return _write_vqa("VQA-RAD", sites, output_dir, answers)
+
+
+def _vqa_rad_sites(json_file, image_dir, site, val_fraction, test_fraction, use_official_test, seed) -> dict:
+    rows = _load_questions(json_file)
+    records = [_vqa_record(r, "image_name", Path(image_dir), "VQA-RAD", json_file) for r in rows]
     if use_official_test and any(r["official_test"] for r in records):
         splits = _split_records([r for r in records if not r["official_test"]], val_fraction, 0.0, seed)
         splits["test"] = [r for r in records if r["official_test"]]
     else:
         splits = _split_records(records, val_fraction, test_fraction, seed)
-    return _write_vqa("VQA-RAD", {site: splits}, output_dir, answers)
+    return {site: splits}
 
 
 def read_slake(
@@ -458,23 +524,195 @@ def read_slake(
     ``source`` is one JSON list (split by image here) or the release folder with ``train.json``,
     ``validate.json``, ``test.json`` (official splits). Sites are ``slake_<modality>`` or one ``slake``.
     """
+    sites = _slake_sites(source, image_dir, site_by_modality, val_fraction, test_fraction, seed)
+    return _write_vqa("SLAKE", sites, output_dir, answers)
+
+
+def _slake_sites(source, image_dir, site_by_modality, val_fraction, test_fraction, seed) -> dict:
     source, image_dir = Path(source), Path(image_dir)
     if source.is_dir():
         names = dict(zip(SPLITS, ("train.json", "validate.json", "test.json"), strict=True))
-        raw = {s: _load_json(source / n) for s, n in names.items() if (source / n).is_file()}
-        if "training" not in raw:
+        files = {s: source / n for s, n in names.items() if (source / n).is_file()}
+        if "training" not in files:
             raise FileNotFoundError(f"{source}: no train.json (expected SLAKE's train/validate/test.json).")
     else:
-        raw = {"all": _load_json(source)}
+        files = {"all": source}
     sites: dict[str, dict[str, list[dict]]] = {}
-    for part, rows in raw.items():
-        for r in rows:
+    for part, file in files.items():
+        for r in _load_questions(file):
             if str(r.get("q_lang", "")).lower() != "en":  # SLAKE is bilingual: keep the English half
                 continue
+            if site_by_modality and not str(r.get("modality") or "").strip():
+                raise ValueError(
+                    f"{file}: question {r.get('qid', '?')}: field 'modality' is missing or empty."
+                )
             site = _site_name("slake", r["modality"]) if site_by_modality else "slake"
             sites.setdefault(site, {}).setdefault(part, []).append(
-                _vqa_record(r, "img_name", image_dir, "SLAKE")
+                _vqa_record(r, "img_name", image_dir, "SLAKE", file)
             )
-    if "all" in raw:
+    if not sites:
+        raise ValueError(f"{source}: no English (q_lang 'en') questions.")
+    if "all" in files:
         sites = {s: _split_records(p["all"], val_fraction, test_fraction, seed) for s, p in sites.items()}
-    return _write_vqa("SLAKE", dict(sorted(sites.items())), output_dir, answers)
+    return dict(sorted(sites.items()))
+
+
+def read_vqa_sources(
+    output_dir: PathLike,
+    vqa_rad: tuple[PathLike, PathLike] | None = None,
+    slake: tuple[PathLike, PathLike] | None = None,
+    slake_by_modality: bool = False,
+    answers: Iterable[Any] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """VQA-RAD ``(json_file, image_dir)`` and SLAKE ``(source, image_dir)`` as sites of one federation: one
+    answer list and one question vocabulary over both (the paper's sites by source). Site ``vqa_rad`` and
+    ``slake`` (or ``slake_<modality>`` with ``slake_by_modality``); each split as its own reader splits it."""
+    sites: dict[str, dict[str, list[dict]]] = {}
+    if vqa_rad is not None:
+        sites.update(_vqa_rad_sites(*vqa_rad, "vqa_rad", val_fraction, test_fraction, True, seed))
+    if slake is not None:
+        sites.update(_slake_sites(*slake, slake_by_modality, val_fraction, test_fraction, seed))
+    if not sites:
+        raise ValueError("read_vqa_sources needs vqa_rad, slake or both.")
+    return _write_vqa(
+        "VQA-RAD + SLAKE" if vqa_rad and slake else "VQA-RAD" if vqa_rad else "SLAKE",
+        sites,
+        output_dir,
+        answers,
+    )
+
+
+# ----------------------------------------------------------------------------- a folder of NIfTI files
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """``name -> file`` for the NIfTI files of ``folder`` (hidden files skipped: the Decathlon's tarballs
+    carry macOS ``._<name>.nii.gz`` resource forks)."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
+        if suffix and path.is_file() and not path.name.startswith("."):
+            files[path.name[: -len(suffix)]] = path
+    return files
+
+
+def nifti_cases(dataset_dir: PathLike) -> tuple[dict[str, list[Path]], dict[str, Path] | None, dict]:
+    """The cases of a folder in the Medical Segmentation Decathlon layout: ``imagesTr/<case>.nii.gz`` and,
+    optionally, ``labelsTr/<case>.nii.gz`` (same name) and ``dataset.json`` (its ``labels`` and ``modality``
+    or ``channel_names``). Images named ``<case>_0000.nii.gz, <case>_0001.nii.gz, ...`` (nnU-Net's naming,
+    when every image has such a suffix) are the channels of one case, labelled ``labelsTr/<case>.nii.gz``.
+
+    Returns ``(case -> image files, case -> label file or None without labelsTr, dataset.json or {})``.
+    """
+    dataset_dir = Path(dataset_dir)
+    images_dir, labels_dir = dataset_dir / "imagesTr", dataset_dir / "labelsTr"
+    if not images_dir.is_dir():
+        raise FileNotFoundError(
+            f"{images_dir}: folder not found (expected the Medical Segmentation Decathlon layout "
+            "imagesTr/<case>.nii.gz, optionally labelsTr/<case>.nii.gz)."
+        )
+    images = _nifti_files(images_dir)
+    if not images:
+        raise FileNotFoundError(f"{images_dir}: no .nii.gz or .nii files in it.")
+    channels = all(re.fullmatch(r".+_\d{4}", name) for name in images)
+    cases: dict[str, list[Path]] = {}
+    for name, path in images.items():
+        cases.setdefault(name[:-5] if channels else name, []).append(path)
+    labels = None
+    if labels_dir.is_dir():
+        labels = _nifti_files(labels_dir)
+        for case in cases:
+            if case not in labels:
+                raise FileNotFoundError(
+                    f"{labels_dir / (case + '.nii.gz')}: label of {cases[case][0]} not found."
+                )
+        for case, path in labels.items():
+            if case not in cases:
+                raise FileNotFoundError(f"{path}: label without an image in {images_dir}.")
+    meta = _load_json(dataset_dir / "dataset.json") if (dataset_dir / "dataset.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{dataset_dir / 'dataset.json'}: expected a JSON object, got {type(meta).__name__}."
+        )
+    return cases, labels, meta
+
+
+def read_nifti(
+    source_dirs: PathLike | Mapping[str, PathLike],
+    output_dir: PathLike,
+    task: str | None = None,
+    modality: str | None = None,
+    num_sites: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """Folders of NIfTI images in the Decathlon layout (:func:`nifti_cases`) as sites, split by case.
+
+    ``source_dirs``: one folder (one site, named after it) or site name -> folder. With ``num_sites``, the
+    cases of every folder are pooled and dealt at random (seeded) into ``site_1 ... site_<num_sites>``.
+    ``task``: ``segmentation`` (needs ``labelsTr``) or ``super_resolution`` (images only); default
+    segmentation when there are labels. ``modality``: the sites' modality tag; default ``dataset.json``'s
+    ``modality`` / ``channel_names`` values, else ``unknown``. Label values: ``dataset.json``'s ``labels``.
+    """
+    folders = (
+        {k: Path(v) for k, v in source_dirs.items()}
+        if isinstance(source_dirs, Mapping)
+        else {Path(source_dirs).resolve().name: Path(source_dirs)}
+    )
+    pooled: dict[str, tuple[list[Path], Path | None, str]] = {}  # "<site>/<case>" -> (images, label, site)
+    metas, has_labels = {}, set()
+    for site, folder in folders.items():
+        cases, labels, metas[site] = nifti_cases(folder)
+        has_labels.add(labels is not None)
+        for case, files in cases.items():
+            pooled[f"{site}/{case}"] = (files, labels[case] if labels else None, _site_name(site))
+    task = task or ("segmentation" if has_labels == {True} else "super_resolution")
+    if task not in ("segmentation", "super_resolution"):
+        raise ValueError(
+            f"task must be 'segmentation' or 'super_resolution' for NIfTI folders, got {task!r}."
+        )
+    if task == "segmentation" and False in has_labels:
+        missing = [str(f / "labelsTr") for f in folders.values() if not (f / "labelsTr").is_dir()]
+        raise FileNotFoundError(f"{missing[0]}: folder not found; segmentation needs a label per image.")
+    if num_sites is not None:
+        if isinstance(num_sites, bool) or not isinstance(num_sites, int) or not 1 <= num_sites <= len(pooled):
+            raise ValueError(
+                f"num_sites must be an integer in [1, {len(pooled)}] (the cases), got {num_sites!r}."
+            )
+        order = np.random.default_rng(seed).permutation(sorted(pooled))
+        for k, key in enumerate(order):
+            pooled[key] = (*pooled[key][:2], f"site_{1 + k % num_sites}")
+    summary = {}
+    for site in sorted({v[2] for v in pooled.values()}):
+        keys = sorted(k for k, v in pooled.items() if v[2] == site)
+        meta_in = [metas[k.split("/")[0]] for k in keys]
+        # dataset.json: the Decathlon's {"0": "CT"} under "modality", nnU-Net v2's under "channel_names"
+        fields = [m.get(k) for m in meta_in for k in ("modality", "channel_names")]
+        tags = modality or ", ".join(
+            sorted({str(v) for f in fields if isinstance(f, dict) for v in f.values()})
+        )
+        folder, assign = _site_dir(output_dir, site), split_by_group(keys, val_fraction, test_fraction, seed)
+        items: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        for key in keys:
+            files, label, _ = pooled[key]
+            image = [_rel(f, folder) for f in files] if len(files) > 1 else _rel(files[0], folder)
+            item = {"image": image, **({"label": _rel(label, folder)} if task == "segmentation" else {})}
+            source = f"NIfTI {key}"
+            items[assign[key]].append(
+                {**item, "provenance": _prov("user annotation" if task == "segmentation" else None, source)}
+            )
+        meta = {
+            "modality": tags or "unknown",
+            "task": task,
+            "description": f"NIfTI folder(s) {sorted({k.split('/')[0] for k in keys})}, split by case, seed {seed}.",
+        }
+        labels_meta = next((m["labels"] for m in meta_in if isinstance(m.get("labels"), dict)), None)
+        if task == "segmentation" and labels_meta is not None:
+            meta["labels"] = labels_meta
+        summary[site] = _write_site(folder, meta, items)
+    return {"dataset": "NIfTI", "task": task, "output_dir": str(output_dir), "sites": summary}

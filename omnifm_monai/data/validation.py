@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
 SPLITS = ("training", "validation", "test")
 REQUIRED_KEYS = {
     "segmentation": ("image", "label"),
+    "segmentation_3d": ("image", "label"),
     "classification": ("image", "label"),
     "super_resolution": ("image",),
     "vqa": ("image", "question", "answer", "label"),
@@ -98,6 +100,8 @@ def _resolve(base: Path, value: Any, where: str, key: str) -> Path:
     if not isinstance(value, str) or not value:
         raise DataValidationError(f"{where}: {key} must be a file path, got {value!r}.")
     path = Path(value) if Path(value).is_absolute() else base / value
+    clean = Path(os.path.normpath(path))  # "site/../../data/x.png" named as "data/x.png" when it is that file
+    path = clean if clean.resolve() == path.resolve() else path
     if not path.exists():
         raise DataValidationError(f"{where}: {key} file not found: {path}")
     return path
@@ -190,7 +194,8 @@ def validate_datalist(
 
     Args:
         datalist_path: the datalist JSON (``training`` must be non-empty; ``validation``/``test`` optional).
-        task: ``segmentation``, ``classification``, ``super_resolution`` or ``vqa`` (sets the required keys).
+        task: ``segmentation``, ``segmentation_3d``, ``classification``, ``super_resolution`` or ``vqa`` (sets
+            the required keys).
         base_dir: folder relative paths start from; default the datalist's folder.
         check_images: read each file's header and data (corruption, NaN/Inf, channels, label values);
             otherwise only check that the files exist.
@@ -241,7 +246,9 @@ def validate_datalist(
                 raise DataValidationError(f"{where} is missing required key(s) {missing} for task {task!r}.")
             images = item["image"] if isinstance(item["image"], list) else [item["image"]]
             image_paths = [_resolve(base, p, where, "image") for p in images]
-            label_path = _resolve(base, item["label"], where, "label") if task == "segmentation" else None
+            label_path = (
+                _resolve(base, item["label"], where, "label") if task.startswith("segmentation") else None
+            )
             if task in ("classification", "vqa"):
                 names = datalist.get("classes" if task == "classification" else "answers")
                 what = "class" if task == "classification" else "answer"

@@ -17,6 +17,8 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import optional_import
 from torch import nn
 
+from omnifm_monai.errors import SettingsError
+
 __all__ = [
     "OMNIFM_PROPERTIES",
     "argument_names",
@@ -98,7 +100,7 @@ def check_overrides(bundle: str | Path, overrides: Mapping[str, Any] | None) -> 
             continue
         unknown.append(key)
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"override(s) {unknown} name nothing in {Path(bundle) / 'configs'} (train.json, evaluate.json): "
             "no such config id, and no argument of that name for the component."
         )

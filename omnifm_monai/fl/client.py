@@ -24,6 +24,9 @@ logger = logging.getLogger("omnifm_monai.fl")
 # key of the strategy-specific payload inside an ExchangeObject (server -> client and client -> server)
 EXTRA_KEY = "fl_extra"
 NO_LOCAL_VALIDATION = 10**9
+# no training metric: its post-processing (softmax, one-hot) and Dice cost time at every step, and
+# nothing reads it (sites report the metrics of the aggregated model); the weights trained are the same
+TRAIN_METRIC_OFF = {"train::trainer::key_train_metric": None, "train::trainer::postprocessing": None}
 
 
 class _RegularisedLoss(nn.Module):
@@ -100,6 +103,7 @@ class OmniFMClientAlgo(MonaiAlgo):
             "ckpt_dir": os.path.join(workdir, self.site, "models"),
             "output_dir": os.path.join(workdir, self.site, "eval"),
             "val_interval": NO_LOCAL_VALIDATION,  # the federated loop evaluates after aggregation
+            **TRAIN_METRIC_OFF,
             **({"dataset_dir": self.dataset_dir} if self.dataset_dir else {}),
             **({"network": self.shared_network} if self.shared_network is not None else {}),
             **self.extra_overrides,
@@ -120,6 +124,7 @@ class OmniFMClientAlgo(MonaiAlgo):
             private_keys=private,
             local_epochs=self.local_epochs,
             state=self._pending_state,
+            keep_optimizer_state=self.strategy.keep_private_optimizer_state,
         )
         self.trainer.loss_function = _RegularisedLoss(self.trainer.loss_function, self.ctx.loss_terms)
         self.base_lrs = [group["lr"] for group in self.trainer.optimizer.param_groups]
@@ -163,13 +168,14 @@ class OmniFMClientAlgo(MonaiAlgo):
         ctx.payload = dict(data.get(EXTRA_KEY, {}) if isinstance(data, dict) else {})
         self._load({k: v for k, v in (data.weights or {}).items() if k not in self.private})
         ctx.global_weights = self._shared_state()  # what the diff is taken against
-        self.trainer.optimizer.state.clear()  # a fresh local optimiser every round: nothing stale across rounds
+        ctx.reset_optimizer("optimizer")  # fresh every round, but what stays on the site may keep its own
         for group, lr in zip(self.trainer.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr * self.lr_scale  # the round's learning rate (engine.round_lr_scale)
         self.strategy.before_training(ctx)
         # MonaiAlgo.train loads data.weights again: give it the state we just loaded (all keys, a no-op)
         current = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
         super().train(ExchangeObject(weights=current, weight_type=WeightType.WEIGHTS), extra)
+        ctx.save_optimizer("optimizer", self.private)
         self.strategy.after_training(ctx)
         trained = {
             k: v.detach().cpu().clone() for k, v in self.network.state_dict().items() if k in self.private

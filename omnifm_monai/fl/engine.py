@@ -21,9 +21,11 @@ from monai.fl.utils.exchange_object import ExchangeObject
 from monai.utils import set_determinism
 
 from omnifm_monai.data.validation import root_cause
+from omnifm_monai.errors import SettingsError
 
 from .bundle import argument_names, build_network, network_class
 from .client import EXTRA_KEY, OmniFMClientAlgo
+from .compression import EncodedUpdate, encode_update
 from .strategies import ClientUpdate, Strategy, Weights, strategy_class, validate_update
 
 __all__ = [
@@ -76,19 +78,21 @@ def make_strategy(
     options: Mapping[str, Any] | None = None,
     network: torch.nn.Module | None = None,
     dataset_dir: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Strategy, dict[str, Any]]:
     """The strategy and its full, JSON-serialisable options, as every engine resolves them: the options the
     strategy takes from the network and the site list (:meth:`Strategy.resolve_options`), then the given ones.
-    Without ``network`` the bundle's is built (with a site's ``dataset_dir`` for networks sized by the data)."""
+    Without ``network`` the bundle's is built with the run's ``overrides`` (e.g. another spectral token size
+    sizes the bank) and a site's ``dataset_dir`` (for networks sized by the data)."""
     cls, options = strategy_class(name), dict(options or {})
     unknown = sorted(set(options) - argument_names(cls))
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"unknown option(s) {unknown} for strategy {cls.name!r}; it takes {sorted(argument_names(cls))}."
         )
     if network is None:
         site = {"dataset_dir": dataset_dir} if dataset_dir else {}
-        network = build_network(bundle, {**site, **strategy_overrides(bundle, cls(**options))})
+        network = build_network(bundle, {**site, **strategy_overrides(bundle, cls(**options), overrides)})
     resolved = {**cls.resolve_options(network, list(sites)), **options}
     return cls(**resolved), json.loads(json.dumps(resolved))
 
@@ -172,7 +176,7 @@ def round_lr_scale(schedule: str, rnd: int, rounds: int) -> float:
     site and strategy: ``constant`` 1; ``cosine`` from 1 in the first round down towards 0 (the last round
     still trains, at a small rate), so that a fixed budget of rounds ends on a flat validation curve."""
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")
+        raise SettingsError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")
     if not 0 <= rnd < rounds:
         raise ValueError(f"round {rnd} is outside 0..{rounds - 1}.")
     return 1.0 if schedule == "constant" else 0.5 * (1.0 + math.cos(math.pi * rnd / rounds))
@@ -186,9 +190,12 @@ def client_round(
     rnd: int,
     index: int,
     lr_scale: float = 1.0,
-) -> ClientUpdate:
+    compression: str = "none",
+) -> ClientUpdate | EncodedUpdate:
     """One site's round, as every engine runs it: reseed, load the global state and payload, train (at
-    ``lr_scale`` times the bundle's learning rate, see :func:`round_lr_scale`), package the update."""
+    ``lr_scale`` times the bundle's learning rate, see :func:`round_lr_scale`), package the update: with a
+    ``compression`` codec, its difference to ``global_weights`` encoded (:func:`~.compression.encode_update`;
+    the server aggregates :func:`~.compression.decode_update` of it)."""
     client.lr_scale = lr_scale
     torch.manual_seed(round_seed(seed, rnd, index))
     set_rnd(client.trainer.data_loader.dataset, round_seed(seed, rnd, index, "data"))
@@ -196,13 +203,14 @@ def client_round(
     data[EXTRA_KEY] = dict(payload)
     client.train(data)
     result = client.get_weights()
-    return ClientUpdate(
+    update = ClientUpdate(
         site=client.site,
         weights=result.weights,
         num_samples=result.statistics["num_samples"],
         weight_type="diff" if result.weight_type == WeightType.WEIGHT_DIFF else "full",
         extra=result[EXTRA_KEY],
     )
+    return encode_update(update, global_weights, compression)
 
 
 def evaluation_data(global_weights: Mapping[str, torch.Tensor], payload: Mapping[str, Any]) -> ExchangeObject:
@@ -212,10 +220,16 @@ def evaluation_data(global_weights: Mapping[str, torch.Tensor], payload: Mapping
     return data
 
 
-def update_bytes(update: ClientUpdate) -> int:
-    """Bytes a site uploads in a round: its weights and strategy extras, serialised as torch would send them."""
+def update_bytes(update: ClientUpdate | EncodedUpdate) -> int:
+    """Bytes a site uploads in a round: its weights (or encoded update) and strategy extras, serialised as torch
+    would send them."""
     buffer = io.BytesIO()
-    torch.save({"weights": update.weights, "extra": update.extra, "num_samples": update.num_samples}, buffer)
+    if isinstance(update, EncodedUpdate):
+        torch.save(update.payload(), buffer)
+    else:
+        torch.save(
+            {"weights": update.weights, "extra": update.extra, "num_samples": update.num_samples}, buffer
+        )
     return buffer.tell()
 
 

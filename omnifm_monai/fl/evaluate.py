@@ -109,7 +109,12 @@ def cross_site_evaluate(
     bundle, run_sites, unseen = config["bundle"], config["sites"], config["unseen_sites"]
     first = next(iter(run_sites.values()))
     strategy = make_strategy(
-        bundle, strategy or config["strategy"], list(run_sites), config["strategy_options"], dataset_dir=first
+        bundle,
+        strategy or config["strategy"],
+        list(run_sites),
+        config["strategy_options"],
+        dataset_dir=first,
+        overrides=config.get("overrides"),
     )[0]
     known, sites = {**run_sites, **unseen}, _site_list(sites)
     if sites is None:

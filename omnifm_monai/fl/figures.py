@@ -104,6 +104,10 @@ def predict_first_test_item(evaluator, task: str) -> Prediction:
     if task == "segmentation":  # argmax of the logits = the bundle's argmax after softmax
         output, target = logits.argmax(0), target[0]
         return Prediction(image.numpy(), target.numpy(), output.numpy(), dice(output, target, len(logits)))
+    if task == "segmentation_3d":  # Dice of the whole volume; the panels show its middle axial slice
+        output, target = logits.argmax(0), target[0]
+        score, z = dice(output, target, len(logits)), output.shape[-1] // 2
+        return Prediction(image[..., z].numpy(), target[..., z].numpy(), output[..., z].numpy(), score)
     # classification, VQA: (num_classes,) logits, an integer label
     return Prediction(image.numpy(), int(target), int(logits.argmax(0)))
 
@@ -112,7 +116,7 @@ def site_panels(task: str, site: str, datalist: Mapping, by_model: Mapping[str, 
     """One site's panels: its first test item (``datalist``: the site's parsed datalist) through every model of
     ``by_model`` (label -> prediction of that item)."""
     first = next(iter(by_model.values()))
-    if task == "segmentation":
+    if task in ("segmentation", "segmentation_3d"):
         panels = [Panel(first.image, f"{site}\ninput"), Panel(first.target, f"{site}\nground truth", "label")]
         return panels + [
             Panel(p.output, f"{site} | {label}\nDice {p.score:.3f}", "label") for label, p in by_model.items()

@@ -34,12 +34,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 
+from . import compression
 from .bundle import bundle_parser
 from .engine import aggregate_round, site_network, strategy_overrides
 from .strategies import ClientUpdate, Strategy, get_strategy, strategy_class, weighted_average
@@ -52,6 +55,8 @@ __all__ = [
     "SITE_METRICS",
     "STATE",
     "StrategyAggregator",
+    "UpdateDecoder",
+    "UpdateEncoder",
     "decode",
     "encode",
     "federated_rounds",
@@ -77,6 +82,7 @@ SITE = "omnifm_site"  # str: the sender's own name (NVFlare's authenticated clie
 SITE_METRICS = "omnifm_site_metrics"  # {site: {metric: float}} reported with this round's updates
 REJECTED = "omnifm_rejected"  # {site: reason} updates the server refused this round
 STRATEGY = "omnifm_strategy"  # str: the strategy name (a checkpoint of one strategy is not another's)
+CODEC = "omnifm_codec"  # bytes: codec, block size, int8 scales and original dtypes of an encoded update
 
 
 def federated_rounds(strategy: str | type[Strategy], check: bool = False) -> bool:
@@ -360,3 +366,54 @@ class StrategyAggregator(ModelAggregator):
             metrics=round_metrics,
             meta={**server_meta(self.strategy, state), SITE_METRICS: metrics, REJECTED: dict(rejected)},
         )
+
+
+# ------------------------------------------------------------------------------------------ update compression
+def _like(weights: Mapping[str, torch.Tensor], numpy: bool) -> dict[str, Any]:
+    return to_numpy(weights) if numpy else dict(weights)
+
+
+class UpdateEncoder(DXOFilter):
+    """A site's task-result filter: its update, a difference to the global weights (``WEIGHT_DIFF``; ``client.py``
+    sends one when the job compresses), encoded with :mod:`~omnifm_monai.fl.compression` (the simulator's codec;
+    integer tensors unchanged, NumPy or torch params alike). The server's :class:`UpdateDecoder` restores it.
+
+    Args:
+        codec: ``fp16`` or ``int8`` (see :data:`~omnifm_monai.fl.compression.CODECS`).
+        block_size: values per int8 block.
+    """
+
+    def __init__(self, codec: str = "int8", block_size: int = compression.BLOCK_SIZE) -> None:
+        super().__init__(
+            supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF]
+        )
+        if compression.check_codec(codec) == "none":
+            raise ValueError("UpdateEncoder needs a lossy codec (fp16 or int8); for none add no filter.")
+        self.codec, self.block_size = codec, block_size  # named as the arguments: the job exporter reads them
+
+    def process_dxo(self, dxo: DXO, shareable, fl_ctx) -> DXO | None:
+        if dxo.get_meta_prop(CODEC) is not None:
+            return None  # already encoded
+        numpy = not any(isinstance(v, torch.Tensor) for v in dxo.data.values())
+        values, scales, dtypes = compression.encode(to_torch(dxo.data), self.codec, self.block_size)
+        info = {"codec": self.codec, "block_size": self.block_size, "scales": scales, "dtypes": dtypes}
+        return DXO(dxo.data_kind, _like(values, numpy), {**dxo.meta, CODEC: encode(info)})
+
+
+class UpdateDecoder(DXOFilter):
+    """The server's task-result filter: an update :class:`UpdateEncoder` encoded, back in its original dtypes
+    (the format it arrived in), before the aggregator sees it; an update without the codec's meta passes."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF]
+        )
+
+    def process_dxo(self, dxo: DXO, shareable, fl_ctx) -> DXO | None:
+        if dxo.get_meta_prop(CODEC) is None:
+            return None
+        info = decode(dxo.get_meta_prop(CODEC))
+        numpy = not any(isinstance(v, torch.Tensor) for v in dxo.data.values())
+        weights = compression.decode(to_torch(dxo.data), info["scales"], info["dtypes"], info["block_size"])
+        meta = {k: v for k, v in dxo.meta.items() if k != CODEC}
+        return DXO(dxo.data_kind, _like(weights, numpy), meta)

@@ -4,7 +4,8 @@
 
 Each site is an :class:`~omnifm_monai.fl.client.OmniFMClientAlgo` over the same bundle with its own
 ``dataset_dir``; all sites train one shared network in turn (loading the global weights and their private
-state first), so memory grows with the number of sites only by their data and private state. The server
+state first), so memory grows with the number of sites only by their data, their private state and their
+bundle workflows (about 16 MiB a site at 32 x 32, ``benchmarks/simulator_speed.py``). The server
 side is :func:`~omnifm_monai.fl.engine.aggregate_round`; sites are built and run by :mod:`~omnifm_monai.fl.engine`, the
 core the NVFlare client and aggregator share.
 
@@ -40,7 +41,10 @@ from typing import Any
 
 import torch
 
+from omnifm_monai.errors import SettingsError
+
 from .bundle import bundle_task, check_overrides, find_sites, key_metric
+from .compression import check_codec, decode_update
 from .engine import (
     aggregate_round,
     client_round,
@@ -78,7 +82,10 @@ CHECKPOINT = "checkpoint.pt"
 
 def default_sites(bundle: str | Path, reference_dir: str | Path) -> dict[str, str]:
     """Every site under ``reference_dir`` that has a datalist for the bundle's task, name -> folder."""
-    return find_sites(reference_dir, bundle_task(bundle))
+    try:
+        return find_sites(reference_dir, bundle_task(bundle))
+    except FileNotFoundError as err:  # no sites: a setting to fix, said in one line
+        raise SettingsError(str(err)) from err
 
 
 def _pooled_site(sites: Mapping[str, str], task: str, folder: Path) -> dict[str, str]:
@@ -223,6 +230,7 @@ def _train_round(
     rnd: int,
     min_sites: int,
     lr_scale: float = 1.0,
+    compression: str = "none",
 ):
     """Every site's round, then the server's; a failing site drops out of this round only. Returns the new
     global weights and server state, the cost rows, and the sites that failed or were rejected."""
@@ -231,8 +239,9 @@ def _train_round(
     for i, (name, client) in enumerate(clients.items()):
         tick = time.perf_counter()
         try:
-            updates.append(client_round(client, global_weights, payload, seed, rnd, i, lr_scale))
-            rows.append((rnd, name, "round", "upload_bytes", float(update_bytes(updates[-1]))))
+            upload = client_round(client, global_weights, payload, seed, rnd, i, lr_scale, compression)
+            rows.append((rnd, name, "round", "upload_bytes", float(update_bytes(upload))))
+            updates.append(decode_update(upload))
             train_seconds += client.trainer.state.times.get("COMPLETED") or 0.0  # the trainer's own run time
         except Exception as err:
             logger.exception("site %s failed in round %d", name, rnd)
@@ -357,6 +366,7 @@ def simulate(
     unseen_sites: Sequence[str] | Mapping[str, str] | None = None,
     lr_schedule: str = "constant",
     figures: bool = True,
+    compression: str = "none",
 ) -> dict[str, Any]:
     """Run (or resume) a federated job in this process; returns the final metrics per site.
 
@@ -387,6 +397,8 @@ def simulate(
         figures: write ``curves.png`` (every validation metric per site and round) and, with ``test``,
             ``qualitative.png`` (each site's first test slice: input, ground truth, prediction) at the end
             (:mod:`~omnifm_monai.fl.figures`; skipped, with one log line, without matplotlib).
+        compression: what every site uploads, ``none``, ``fp16`` or ``int8`` (its update as the difference to
+            the global weights, encoded; :mod:`~omnifm_monai.fl.compression`); ``upload_bytes`` counts it.
     """
     # every argument is checked before anything is built or written
     for name, value, least in (
@@ -395,12 +407,12 @@ def simulate(
         ("min_sites", min_sites, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
+            raise SettingsError(f"{name} must be an integer >= {least}, got {value!r}.")
     round_lr_scale(lr_schedule, 0, rounds)
+    check_codec(compression)
     sites, unseen_sites = _site_list(sites), _site_list(unseen_sites)
     check_overrides(bundle, overrides)
     bundle_dir, out = Path(bundle), Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     task = bundle_task(bundle_dir)
     site_dirs = (
         dict(sites)
@@ -418,6 +430,7 @@ def simulate(
             list(site_dirs),
             strategy_options,
             dataset_dir=next(iter(site_dirs.values())),
+            overrides=overrides,
         )[0]
     unseen = (
         dict(unseen_sites)
@@ -425,9 +438,10 @@ def simulate(
         else {s: str(Path(reference_dir) / s) for s in unseen_sites or ()}
     )
     if unseen and not strategy.shares_weights:
-        raise ValueError(f"{strategy.name} has no global model to test on an unseen site.")
+        raise SettingsError(f"{strategy.name} has no global model to test on an unseen site.")
     if set(unseen) & set(site_dirs):
-        raise ValueError(f"sites {sorted(set(unseen) & set(site_dirs))} cannot both train and be unseen.")
+        raise SettingsError(f"sites {sorted(set(unseen) & set(site_dirs))} cannot both train and be unseen.")
+    out.mkdir(parents=True, exist_ok=True)
     test_sites = site_dirs  # a pooled (Centralized) model is still tested on every site's own test split
     if strategy.pooled:
         site_dirs = _pooled_site(site_dirs, task, out / "pooled_data")
@@ -446,6 +460,8 @@ def simulate(
     }
     if lr_schedule != "constant":  # the schedule spans `rounds`: resuming with another number changes it
         run_config["lr_schedule"] = {"name": lr_schedule, "rounds": rounds}
+    if compression != "none":  # a resume with another codec would change the rounds still to come
+        run_config["compression"] = compression
     config_file = out / "run.json"
     checkpoint = load_checkpoint(out / CHECKPOINT)
     if checkpoint is not None:
@@ -517,6 +533,7 @@ def simulate(
             rnd,
             min_sites,
             round_lr_scale(lr_schedule, rnd, rounds),
+            compression,
         )
         rows += _evaluate(clients, strategy, global_weights, server_state, rnd)
         writer.write(rows)

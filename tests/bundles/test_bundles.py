@@ -365,3 +365,22 @@ def test_a_setting_that_is_not_a_positive_number_fails_before_training_writes_an
             cause
         )
         assert not any(tmp_path.rglob("*")), setting  # no checkpoint, log or TensorBoard file
+
+
+@pytest.mark.parametrize("name", ["omnifm_segmentation", "omnifm_super_resolution"])
+def test_unet_bundles_fuse_at_16_positions_or_more_and_send_at_most_a_tenth_more_than_the_backbone(name):
+    from omnifm_monai.fl.bundle import build_network
+    from omnifm_monai.fl.strategies import strategy_class
+    from omnifm_monai.networks import OmniFM
+
+    bundle, no_data = BUNDLES_DIR / name, {"datalist_meta": {}}
+    network = build_network(bundle, no_data)
+    tokens, _ = network.adapter.encode(network.backbone, torch.rand(1, 1, 32, 32))  # the benchmark's size
+    assert tokens.shape[1] >= 16
+    plain = build_network(bundle, {**no_data, **{f"network_def::{p}": False for p in OmniFM.PARTS}})
+
+    def sent(net, strategy):  # what a site uploads each round: every key but the private ones
+        private = strategy_class(strategy)().private_keys(net)
+        return sum(v.numel() * v.element_size() for k, v in net.state_dict().items() if k not in private)
+
+    assert sent(network, "omnifm") <= 1.10 * sent(plain, "fedavg")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser
@@ -26,7 +24,7 @@ from omnifm_monai.data.readers import (
 from omnifm_monai.data.validation import check_datalist, validate_datalist
 from omnifm_monai.transforms import PAD, UNKNOWN, words
 
-Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("PIL.Image")
 RNG = np.random.default_rng(0)
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 BUNDLE = {
@@ -35,16 +33,6 @@ BUNDLE = {
     "super_resolution": "omnifm_super_resolution",
     "vqa": "omnifm_vqa",
 }
-
-
-def _png(path: Path, shape: tuple[int, ...] = (12, 16, 3)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(RNG.integers(0, 255, shape, dtype=np.uint8)).save(path)
-
-
-def _nii(path: Path, data: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
 
 
 def _load_all(summary: dict, segmentation: bool = False) -> dict[str, dict[str, list[dict]]]:
@@ -103,20 +91,8 @@ def test_split_by_group_deterministic_and_disjoint():
         split_by_group(groups, 0.5, 0.5)
 
 
-def _medmnist(root: Path) -> Path:
-    """Two grey-level MedMNIST v2 files, 28 px (``<flag>.npz``) and 64 px (``<flag>_64.npz``)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name, size, n in (("organamnist", 28, (6, 3, 3)), ("organcmnist_64", 64, (5, 2, 4))):
-        arrays = {}
-        for part, k in zip(("train", "val", "test"), n, strict=True):
-            arrays[f"{part}_images"] = RNG.integers(0, 255, (k, size, size), dtype=np.uint8)
-            arrays[f"{part}_labels"] = (np.arange(k) % 3).reshape(-1, 1).astype(np.uint8)
-        np.savez(root / f"{name}.npz", **arrays)
-    return root
-
-
-def test_medmnist(tmp_path):
-    _medmnist(tmp_path)
+def test_medmnist(dataset_files, tmp_path):
+    dataset_files.medmnist(tmp_path)
     names = {"organamnist": {"0": "bladder", "1": "femur-left", "2": "femur-right"}}
     summary = read_medmnist(tmp_path, tmp_path / "out", class_names=names)
     assert summary["sites"]["organamnist"] | {"datalist": 0} == {
@@ -173,30 +149,15 @@ def test_medmnist_rgb_volume_and_multilabel(tmp_path):
         read_medmnist(tmp_path / "chestmnist.npz", tmp_path / "out")
 
 
-def _brats(root: Path) -> Path:
-    cases = [f"FeTS2022_{i:05d}" for i in range(4)]
-    for case in cases:
-        for seq in ("t1", "t1ce", "t2", "flair"):
-            _nii(root / case / f"{case}_{seq}.nii.gz", RNG.random((8, 8, 6)).astype(np.float32))
-        seg = np.zeros((8, 8, 6), np.uint8)
-        seg[2:4, 2:4, 2:4], seg[4:6, 4:6, 2:4], seg[5, 5, 3] = 2, 1, 4
-        _nii(root / case / f"{case}_seg.nii.gz", seg)
-    with open(root / "partitioning_1.csv", "w", newline="") as f:
-        csv.writer(f).writerows(
-            [["Partition_ID", "Subject_ID"], *[[1 + i // 2, c] for i, c in enumerate(cases)]]
-        )
-    return root / "partitioning_1.csv"
-
-
-def test_medmnist_writes_classification_sites(tmp_path):
-    summary = read_medmnist(_medmnist(tmp_path / "MedMNIST"), tmp_path / "out")
+def test_medmnist_writes_classification_sites(dataset_files, tmp_path):
+    summary = read_medmnist(dataset_files.medmnist(tmp_path / "MedMNIST"), tmp_path / "out")
     assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "classification"
     assert sorted(summary["sites"]) == ["organamnist", "organcmnist"]
     _as_a_bundle_reads_it(summary, channels=1)
 
 
-def test_brats(tmp_path):
-    csv_file = _brats(tmp_path / "FeTS")
+def test_brats(dataset_files, tmp_path):
+    csv_file = dataset_files.brats(tmp_path / "FeTS")
     summary = read_brats(tmp_path / "FeTS", tmp_path / "out", csv_file, modality="t1ce", seed=0)
     assert sorted(summary["sites"]) == ["partition_1", "partition_2"]
     for info in summary["sites"].values():  # 2 cases: one trains, one tests (a fraction > 0 gets one)
@@ -222,31 +183,16 @@ def test_brats(tmp_path):
     _as_a_bundle_reads_it(multi, channels=4)
 
 
-def test_brats_writes_segmentation_sites(tmp_path):
-    csv_file = _brats(tmp_path / "FeTS")
+def test_brats_writes_segmentation_sites(dataset_files, tmp_path):
+    csv_file = dataset_files.brats(tmp_path / "FeTS")
     summary = read_brats(tmp_path / "FeTS", tmp_path / "out", csv_file, modality="t1ce")
     assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "segmentation"
     assert sorted(summary["sites"]) == ["partition_1", "partition_2"]
     _as_a_bundle_reads_it(summary, channels=1)
 
 
-def _breakhis(root: Path) -> Path:
-    """BreaKHis v1 at 40X and 100X: 2 patients per class, one with two slide folders; returns its root."""
-    slides = root / "BreaKHis_v1" / "histology_slides" / "breast"
-    patients = {  # 2 patients per class; patient 14-21998 has two slide folders that must stay together
-        "benign": [("adenosis", "SOB_B_A_14-22549AB"), ("fibroadenoma", "SOB_B_F_14-21998CD"), ("fibroadenoma", "SOB_B_F_14-21998EF")],
-        "malignant": [("ductal_carcinoma", "SOB_M_DC_14-2523"), ("lobular_carcinoma", "SOB_M_LC_14-12204")],
-    }  # fmt: skip
-    for cls, folders in patients.items():
-        for tumour, folder in folders:
-            for mag in ("40X", "100X"):
-                for k in range(2):
-                    _png(slides / cls / "SOB" / tumour / folder / mag / f"{folder}-{mag[:-1]}-{k:03d}.png")
-    return root / "BreaKHis_v1"
-
-
-def test_breakhis(tmp_path):
-    _breakhis(tmp_path)
+def test_breakhis(dataset_files, tmp_path):
+    dataset_files.breakhis(tmp_path)
     summary = read_breakhis(tmp_path / "BreaKHis_v1", tmp_path / "out", seed=0)
     assert sorted(summary["sites"]) == ["breakhis_100x", "breakhis_40x"]
     loaded = _load_all(summary)
@@ -270,9 +216,9 @@ def test_breakhis(tmp_path):
     validate_datalist(sr["sites"]["breakhis_40x"]["datalist"], "super_resolution")
 
 
-def test_breakhis_writes_classification_and_super_resolution_sites(tmp_path):
+def test_breakhis_writes_classification_and_super_resolution_sites(dataset_files, tmp_path):
     """Both tasks read into one folder: each site folder holds one datalist per task, like a reference site."""
-    source = _breakhis(tmp_path / "data")
+    source = dataset_files.breakhis(tmp_path / "data")
     classification = read_breakhis(source, tmp_path / "out")
     super_resolution = read_breakhis(source, tmp_path / "out", task="super_resolution")
     for summary in (classification, super_resolution):
@@ -285,54 +231,24 @@ def test_breakhis_writes_classification_and_super_resolution_sites(tmp_path):
         ]
 
 
-def _vqa_rad(root: Path) -> tuple[Path, Path, list[dict]]:
-    """VQA-RAD: ``VQA_RAD Dataset Public.json`` and its image folder (grey-level images); also the rows."""
-    for k in range(4):
-        _png(root / "VQA_RAD Image Folder" / f"synpic{k}.jpg", (10, 10))
-    rad = [
-        {"qid": 1, "image_name": "synpic0.jpg", "question": "Is there a fracture?", "answer": "Yes", "answer_type": "CLOSED"},
-        {"qid": 2, "image_name": "synpic0.jpg", "question": "How many lesions?", "answer": 2, "answer_type": "OPEN "},
-        {"qid": 3, "image_name": "synpic1.jpg", "question": "Is this normal?", "answer": "no ", "answer_type": "closed"},
-        {"qid": 4, "image_name": "synpic2.jpg", "question": "Is the heart enlarged?", "answer": "yes", "answer_type": "CLOSED"},
-        {"qid": 5, "image_name": "synpic3.jpg", "question": "What organ?", "answer": "Liver", "answer_type": "OPEN"},
-    ]  # fmt: skip
-    (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(rad))
-    return root / "VQA_RAD Dataset Public.json", root / "VQA_RAD Image Folder", rad
-
-
-def _slake(root: Path) -> tuple[Path, Path]:
-    """SLAKE, bilingual, as one JSON list (``all.json``) and its RGB image folder."""
-    slake = [
-        {"qid": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT", "content_type": "Organ"},
-        {"qid": 2, "img_name": "xmlab1/source.jpg", "question": "哪个器官?", "answer": "肝脏", "q_lang": "zh", "answer_type": "OPEN", "modality": "CT"},
-        {"qid": 3, "img_name": "xmlab2/source.jpg", "question": "Is it abnormal?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
-        {"qid": 4, "img_name": "xmlab3/source.jpg", "question": "Is it a T2?", "answer": "No", "q_lang": "en", "answer_type": "CLOSED", "modality": "MRI"},
-        {"qid": 5, "img_name": "xmlab4/source.jpg", "question": "Where is the lesion?", "answer": "Left Lung", "q_lang": "en", "answer_type": "OPEN", "modality": "X-Ray"},
-    ]  # fmt: skip
-    for k in range(1, 5):
-        _png(root / "Slake1.0" / "imgs" / f"xmlab{k}" / "source.jpg", (10, 10, 3))
-    (root / "Slake1.0" / "all.json").write_text(json.dumps(slake, ensure_ascii=False))
-    return root / "Slake1.0" / "all.json", root / "Slake1.0" / "imgs"
-
-
-def test_vqa_rad_writes_vqa_sites(tmp_path):
-    json_file, image_dir, _ = _vqa_rad(tmp_path / "data")
+def test_vqa_rad_writes_vqa_sites(dataset_files, tmp_path):
+    json_file, image_dir, _ = dataset_files.vqa_rad(tmp_path / "data")
     summary = read_vqa_rad(json_file, image_dir, tmp_path / "out")
     assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "vqa"
     assert list(summary["sites"]) == ["vqa_rad"]
     _as_a_bundle_reads_it(summary, channels=1)
 
 
-def test_slake_writes_vqa_sites(tmp_path):
-    json_file, image_dir = _slake(tmp_path / "data")
+def test_slake_writes_vqa_sites(dataset_files, tmp_path):
+    json_file, image_dir = dataset_files.slake(tmp_path / "data")
     summary = read_slake(json_file, image_dir, tmp_path / "out")
     assert summary["output_dir"] == str(tmp_path / "out") and summary["task"] == "vqa"
     assert sorted(summary["sites"]) == ["slake_ct", "slake_mri", "slake_x_ray"]
     _as_a_bundle_reads_it(summary, channels=3)
 
 
-def test_vqa_rad_and_slake_share_answers(tmp_path):
-    json_file, image_dir, rad = _vqa_rad(tmp_path)
+def test_vqa_rad_and_slake_share_answers(dataset_files, tmp_path):
+    json_file, image_dir, rad = dataset_files.vqa_rad(tmp_path)
     summary = read_vqa_rad(json_file, image_dir, tmp_path / "out")
     assert summary["answers"] == ["2", "liver", "no", "yes"]
     loaded = _load_all(summary)["vqa_rad"]
@@ -351,7 +267,7 @@ def test_vqa_rad_and_slake_share_answers(tmp_path):
     official = read_vqa_rad(tmp_path / "rad.json", image_dir, tmp_path / "official")
     assert official["sites"]["vqa_rad"]["test"] == 1
 
-    _slake(tmp_path)
+    dataset_files.slake(tmp_path)
     slake = json.loads((tmp_path / "Slake1.0" / "all.json").read_text())
     out = read_slake(
         tmp_path / "Slake1.0" / "all.json",
@@ -387,7 +303,7 @@ def _assert_shared_vocabulary(summary: dict) -> None:
             assert set(words(item["question"])) <= set(vocabulary), item["question"]
 
 
-def test_vqa_vocabulary_shared_across_sites(tmp_path):
+def test_vqa_vocabulary_shared_across_sites(dataset_files, tmp_path):
     slake = [
         {"qid": 1, "img_name": "a/source.jpg", "question": "Which organ is enlarged?", "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT"},
         {"qid": 2, "img_name": "b/source.jpg", "question": "Is the kidney abnormal?", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
@@ -397,7 +313,7 @@ def test_vqa_vocabulary_shared_across_sites(tmp_path):
         {"qid": 6, "img_name": "f/source.jpg", "question": "Unseen validation question", "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT"},
     ]  # fmt: skip
     for r in slake:
-        _png(tmp_path / "imgs" / r["img_name"], (10, 10, 3))
+        dataset_files.png(tmp_path / "imgs" / r["img_name"], (10, 10, 3))
     for name, rows in (("train.json", slake[:4]), ("validate.json", slake[5:]), ("test.json", slake[4:5])):
         (tmp_path / "Slake1.0" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "Slake1.0" / name).write_text(json.dumps(rows))
@@ -409,7 +325,7 @@ def test_vqa_vocabulary_shared_across_sites(tmp_path):
     assert not {"held", "unseen"} & set(out["vocabulary"])
 
     for k in range(3):
-        _png(tmp_path / "rad" / f"synpic{k}.jpg", (10, 10))
+        dataset_files.png(tmp_path / "rad" / f"synpic{k}.jpg", (10, 10))
     rad = [
         {"qid": k, "image_name": f"synpic{k % 3}.jpg", "question": q, "answer": a, "answer_type": "CLOSED"}
         for k, (q, a) in enumerate([("Is there a fracture?", "yes"), ("Is it normal?", "no"), ("Is the heart big?", "yes")])

@@ -219,11 +219,12 @@ def test_the_command_takes_verbose_and_every_simulate_flag(tmp_path, monkeypatch
 
     import fire
 
+    from omnifm_monai.cli import unknown_flags
     from omnifm_monai.fl import simulator
-    from omnifm_monai.fl.__main__ import COMMANDS, unknown_flags
+    from omnifm_monai.fl.__main__ import COMMANDS
 
-    assert unknown_flags(["simulate", BUNDLE, "--verbose", "--nofigures", "--rounds", "2"]) == []
-    assert unknown_flags(["simulate", BUNDLE, "--verbosee"]) == ["verbosee"]
+    assert unknown_flags(COMMANDS, ["simulate", BUNDLE, "--verbose", "--nofigures", "--rounds", "2"]) == []
+    assert unknown_flags(COMMANDS, ["simulate", BUNDLE, "--verbosee"]) == ["verbosee"]
     calls, verbosity = [], []
 
     @functools.wraps(simulator.simulate)  # its signature: what the command binds the flags to

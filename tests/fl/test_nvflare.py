@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,14 +30,20 @@ from nvflare.app_common.decomposers import numpy_decomposers  # noqa: E402
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils  # noqa: E402
 from nvflare.fuel.utils import fobs  # noqa: E402
 
-from omnifm_monai.fl import simulate  # noqa: E402
+from omnifm_monai.fl import engine, simulate  # noqa: E402
+from omnifm_monai.fl.compression import decode as decode_values  # noqa: E402
+from omnifm_monai.fl.compression import encode as encode_values  # noqa: E402
+from omnifm_monai.fl.compression import encode_update, error_bound, to_diff  # noqa: E402
 from omnifm_monai.fl.engine import aggregate_round, make_strategy  # noqa: E402
 from omnifm_monai.fl.nvflare import (  # noqa: E402
+    CODEC,
     PAYLOAD,
     REJECTED,
     SITE_METRICS,
     STATE,
     StrategyAggregator,
+    UpdateDecoder,
+    UpdateEncoder,
     decode,
     encode,
     flmodel_to_update,
@@ -386,6 +393,75 @@ def test_poc_submission_and_stop_are_retried(monkeypatch):
     assert calls["stop"] == 2
 
 
+@pytest.mark.parametrize("codec", ["fp16", "int8"])
+@pytest.mark.parametrize("as_numpy", [True, False])
+def test_update_filters_carry_the_codec_through_nvflare_serialisation(codec, as_numpy):
+    """A site's DIFF result through its UpdateEncoder, FOBS and the server's UpdateDecoder arrives as the
+    simulator's codec decodes it (same values and dtypes, in the format it was sent in), with its meta, in
+    fewer bytes; results of other kinds (full weights, metrics) pass untouched."""
+    from nvflare.app_opt.pt.decomposers import TensorDecomposer
+
+    numpy_decomposers.register()  # as NVFlare's PyTorch processes do
+    fobs.register(TensorDecomposer)
+    weights = {
+        "w": torch.randn(256, 300, generator=torch.Generator().manual_seed(0)),
+        "n": torch.tensor(7, dtype=torch.long),
+    }
+    update = ClientUpdate("a", weights, 5, "diff", extra={"k": torch.ones(2)})
+    model = update_to_flmodel(update, metrics={"val_dice": 0.5})
+    model.params = to_numpy(model.params) if as_numpy else model.params
+    plain = len(fobs.dumps(FLModelUtils.to_shareable(model)))
+    sent = UpdateEncoder(codec).process(FLModelUtils.to_shareable(model), FLContext())
+    wire = fobs.dumps(sent)
+    received = FLModelUtils.from_shareable(UpdateDecoder().process(fobs.loads(wire), FLContext()))
+    expected = decode_values(*encode_values(weights, codec))
+    assert received.params_type == ParamsType.DIFF and CODEC not in received.meta
+    for k, v in expected.items():
+        value = received.params[k]
+        assert isinstance(value, np.ndarray) == as_numpy
+        assert torch.equal(torch.as_tensor(value), v), k
+    back = flmodel_to_update(received)
+    assert back.num_samples == 5 and torch.equal(back.extra["k"], torch.ones(2))
+    assert len(wire) < (0.55 if codec == "fp16" else 0.3) * plain
+    full = FLModelUtils.to_shareable(update_to_flmodel(ClientUpdate("a", weights, 5, "full")))
+    assert UpdateEncoder(codec).process(full, FLContext()) is full
+    assert CODEC not in FLModelUtils.from_shareable(full).meta
+    with pytest.raises(ValueError, match="lossy codec"):
+        UpdateEncoder("none")
+
+
+def test_exported_job_carries_the_codec_and_the_polling_settings(tmp_path):
+    recipe = job.build_recipe(
+        BUNDLE, "fedavg", SITES, rounds=1, overrides=SMALL, staging=str(tmp_path / "src"), compression="fp16"
+    )
+    folder = job.export(recipe, str(tmp_path / "jobs"))
+    server = json.loads((folder / "app_server" / "config" / "config_fed_server.json").read_text())
+    assert server["server"]["task_request_interval"] == job.POLL_INTERVAL
+    assert server["workflows"][0]["args"]["task_check_period"] == job.POLL_INTERVAL
+    assert "omnifm_monai.fl.nvflare.UpdateDecoder" in json.dumps(server["task_result_filters"])
+    for site in SITES:
+        app = folder / f"app_{site}"
+        client = json.loads((app / "config" / "config_fed_client.json").read_text())
+        assert client["task_result_filters"] == [
+            {
+                "tasks": ["train"],
+                "filters": [{"path": "omnifm_monai.fl.nvflare.UpdateEncoder", "args": {"codec": "fp16"}}],
+            }
+        ]
+        assert json.loads((app / "custom" / job.JOB_CONFIG).read_text())["compression"] == "fp16"
+    # NVFlare's own polling, and no filters, when asked
+    recipe = job.build_recipe(
+        BUNDLE, "fedavg", SITES, overrides=SMALL, staging=str(tmp_path / "s2"), poll_interval=None
+    )
+    folder = job.export(recipe, str(tmp_path / "jobs2"))
+    server = json.loads((folder / "app_server" / "config" / "config_fed_server.json").read_text())
+    assert "server" not in server and "task_check_period" not in server["workflows"][0]["args"]
+    assert "UpdateDecoder" not in json.dumps(server)
+    for bad in ("compression", "zip"), ("poll_interval", 0):
+        with pytest.raises(ValueError, match=bad[0]):
+            job.build_recipe(BUNDLE, "fedavg", SITES, staging=str(tmp_path / "b"), **dict([bad]))
+
+
 # ------------------------------------------------------------------------------------------ slow: whole jobs
 def _simulate(tmp, sites_root, strategy, rounds, **kw):
     simulate(
@@ -524,3 +600,41 @@ def test_pocenv_job_with_separate_processes(reference_sites, tmp_path):
     expected = checkpoint["global_weights"]
     assert set(weights) == set(expected) and all(torch.equal(weights[k], v) for k, v in expected.items())
     assert {p.parent.name for p in (tmp_path / "ws").glob("poc_result/*/site_logs/*/log.txt")} == set(SITES)
+
+
+@pytest.mark.slow
+def test_simenv_job_with_int8_uploads(reference_sites, tmp_path, monkeypatch):
+    """The job completes with int8 uploads through NVFlare's filter chain, gives the simulator's int8 global model
+    bit for bit, and differs from the uncompressed aggregate of the same site updates by at most the codec's
+    bound on the sites' differences."""
+    monkeypatch.delenv("OMNIFM_THREADS", raising=False)
+    sent = []
+
+    def recording(update, global_weights, codec, *rest):
+        sent.append((update, dict(global_weights)))
+        return encode_update(update, global_weights, codec, *rest)
+
+    monkeypatch.setattr(engine, "encode_update", recording)
+    checkpoint, _ = _simulate(tmp_path / "sim", reference_sites, "fedavg", rounds=1, compression="int8")
+    recipe = job.build_recipe(
+        BUNDLE,
+        "fedavg",
+        SITES,
+        rounds=1,
+        site_dirs={s: str(reference_sites / s) for s in SITES},
+        overrides=SMALL,
+        staging=str(tmp_path / "src"),
+        compression="int8",
+    )
+    result_dir = job.run(recipe, SITES, "sim", workspace=str(tmp_path / "ws"))
+    weights = job.check_result(result_dir, "fedavg", rounds=1, bundle=BUNDLE, sites=SITES)["weights"]
+    expected = checkpoint["global_weights"]
+    assert set(weights) == set(expected) and all(torch.equal(weights[k], v) for k, v in expected.items())
+    # the uncompressed aggregate of the same updates, and the codec's bound on their differences
+    global_weights = sent[0][1]
+    uncompressed, _, _ = aggregate_round(get_strategy("fedavg"), global_weights, [u for u, _ in sent], {})
+    diffs = [to_diff(u, global_weights).weights for u, _ in sent]
+    for k, v in uncompressed.items():
+        bound = torch.maximum(*(error_bound(d[k], "int8") for d in diffs)) + v.double().abs() * 2.0**-22
+        assert ((weights[k].double() - v.double()).abs() <= bound).all(), k
+    assert any(not torch.equal(weights[k], v) for k, v in uncompressed.items())

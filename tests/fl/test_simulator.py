@@ -59,6 +59,18 @@ def test_weight_differences_are_not_subtracted_twice(reference_sites, tmp_path):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
 
 
+def test_the_strategy_is_resolved_from_the_network_the_run_overrides():
+    from omnifm_monai.fl.engine import make_strategy, site_network
+
+    overrides = {**SMALL, "network_def#spectral_dim": 16, "network_def#bank_capacity": 24}
+    strategy = make_strategy(BUNDLE, "omnifm", SITES, overrides=overrides)[0]
+    network = site_network(BUNDLE, strategy, overrides)
+    # the server's bank is the one the sites' networks hold: same token size and capacity
+    assert (strategy.bank_config["embed_dim"], strategy.bank_config["capacity"]) == (16, 24)
+    assert (network.bank.embed_dim, network.bank.capacity) == (16, 24)
+    assert make_strategy(BUNDLE, "omnifm", SITES)[0].bank_config["embed_dim"] == 32  # the bundle's own
+
+
 def test_omnifm_round_shares_weights_keeps_private_state_and_merges_the_bank(reference_sites, tmp_path):
     results = _run(tmp_path, reference_sites, "omnifm", rounds=1, test=True)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -395,9 +407,25 @@ def test_the_command_line_refuses_an_unknown_flag_before_running(tmp_path):
         timeout=300,
     )
     assert proc.returncode != 0 and "--roundz" in proc.stderr and not out.exists()
-    from omnifm_monai.fl.__main__ import unknown_flags
+    # a refused setting: one line naming it, no traceback, nothing written
+    refused = (
+        (["--rounds", "0"], "rounds"),
+        (["--strategy", "fedavgg", "--sites", "a"], "fedavgg"),
+        (["--reference_dir", str(tmp_path / "none")], "no site under"),
+    )
+    for flags, named in refused:
+        proc = subprocess.run(
+            [sys.executable, "-m", "omnifm_monai.fl", "simulate", BUNDLE, *flags, "--output", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().startswith("error:") and named in proc.stderr and not out.exists()
+    from omnifm_monai.cli import unknown_flags
+    from omnifm_monai.fl.__main__ import COMMANDS
 
-    assert unknown_flags(["simulate", "b", "--rounds", "2", "--notest", "--sites=a,b"]) == []
+    assert unknown_flags(COMMANDS, ["simulate", "b", "--rounds", "2", "--notest", "--sites=a,b"]) == []
 
 
 def _broken_copy(reference_sites, tmp_path, split):
@@ -446,3 +474,50 @@ def test_a_site_that_breaks_before_the_test_phase_loses_only_its_own_test_metric
     image.write_bytes(image.read_bytes()[:100])  # broken after training
     results = simulate(BUNDLE, "fedavg", rounds=1, output=str(tmp_path / "run"), sites=sites, overrides=SMALL)
     assert set(results) == {"icbm_t1"} and (tmp_path / "run" / "global_model.pt").is_file()
+
+
+class _OptimizerLog(STRATEGIES["fedbn"]):
+    """FedBN that records, per round and site, the optimiser state a round starts from and the state the site
+    kept at the end of the round."""
+
+    start: list[tuple[str, dict]] = []
+    kept: list[tuple[str, dict]] = []
+    private: set[str] = set()
+
+    def before_training(self, ctx):
+        names = {p: n for n, p in ctx.network.named_parameters()}
+        state = ctx.trainer.optimizer.state
+        self.start.append((ctx.site, {names[p]: s["exp_avg"].clone() for p, s in state.items()}))
+        _OptimizerLog.private = {n for n in names.values() if n in ctx.private_keys}
+
+    def after_training(self, ctx):
+        self.kept.append(
+            (ctx.site, {n: s["exp_avg"].clone() for n, s in ctx.state.get("optimizer", {}).items()})
+        )
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_private_parameters_keep_their_optimiser_state_across_rounds_when_asked(
+    reference_sites, tmp_path, keep
+):
+    _OptimizerLog.start, _OptimizerLog.kept = [], []
+    options = {"keep_private_optimizer_state": True} if keep else {}
+    _run(tmp_path / "run", reference_sites, _OptimizerLog(**options), rounds=2)
+    first, second = _OptimizerLog.start[:2], _OptimizerLog.start[2:]
+    assert [site for site, _ in _OptimizerLog.start] == SITES * 2
+    assert all(state == {} for _, state in first)  # round 1 always starts fresh
+    if not keep:  # every round starts from a fresh optimiser, and nothing is kept
+        assert all(state == {} for _, state in second) and all(k == {} for _, k in _OptimizerLog.kept)
+        return
+    assert _OptimizerLog.private  # FedBN's normalisation parameters
+    for (site, start), (kept_site, kept) in zip(second, _OptimizerLog.kept[:2], strict=True):
+        assert site == kept_site
+        # exactly the site's private parameters resume, with the moments it left there
+        assert set(start) == set(kept) == _OptimizerLog.private
+        assert all(torch.equal(start[n], kept[n]) for n in start)
+    # each site resumes its own moments, not another site's
+    (_, a), (_, b) = second
+    assert any(not torch.equal(a[n], b[n]) for n in a)
+    # the kept state is part of the checkpoint, so a resumed run continues from it
+    sites = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["sites"]
+    assert all(set(sites[s]["client_state"]["optimizer"]) == set(dict(second)[s]) for s in SITES)

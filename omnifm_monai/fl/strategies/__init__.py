@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from omnifm_monai.errors import SettingsError
+
 from .base import (
     ClientUpdate,
     SiteContext,
@@ -82,11 +84,11 @@ def strategy_class(name: str) -> type[Strategy]:
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import the strategy {name!r}: {err}") from err
+            raise SettingsError(f"cannot import the strategy {name!r}: {err}") from err
         if isinstance(cls, type) and issubclass(cls, Strategy):
             return cls
-        raise ValueError(f"{name!r} is not a Strategy subclass.")
-    raise ValueError(
+        raise SettingsError(f"{name!r} is not a Strategy subclass.")
+    raise SettingsError(
         f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)} or give a dotted path to a Strategy subclass."
     )
 

@@ -28,7 +28,7 @@ integer buffers (e.g. BatchNorm's ``num_batches_tracked``) take the rounded weig
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -93,6 +93,9 @@ class SiteContext:
         runtime: objects a strategy keeps for this site while the process lives (hooked transforms, models).
         global_weights: the shared weights this round started from (set by the engine every round).
         payload: the server payload of this round.
+        keep_optimizer_state: the optimiser state of the site's private parameters (a personal model's too)
+            is kept across rounds (the strategy option ``keep_private_optimizer_state``); otherwise every
+            round starts from a fresh optimiser.
     """
 
     site: str
@@ -106,6 +109,7 @@ class SiteContext:
     runtime: dict[str, Any] = field(default_factory=dict)
     global_weights: Weights = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+    keep_optimizer_state: bool = False
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         """Shared trainable parameters (what proximal and correction terms act on)."""
@@ -130,15 +134,47 @@ class SiteContext:
             if k in state:
                 state[k].copy_(torch.as_tensor(v).reshape(state[k].shape))
 
-    def train_local_epochs(self) -> None:
-        """Run the trainer for ``local_epochs`` more epochs with a fresh optimiser state (e.g. a second model)."""
-        self.trainer.optimizer.state.clear()
+    def reset_optimizer(self, key: str | None = None) -> None:
+        """Clear the optimiser's state; with ``keep_optimizer_state``, restore what :meth:`save_optimizer` kept
+        under ``key`` (moments of the parameters that stay on the site, from its previous round)."""
+        optimizer = self.trainer.optimizer
+        optimizer.state.clear()
+        if not (self.keep_optimizer_state and key):
+            return
+        params = dict(self.network.named_parameters())
+        for name, entry in self.state.get(key, {}).items():
+            if name in params:
+                optimizer.state[params[name]] = {k: _copy(v) for k, v in entry.items()}
+
+    def save_optimizer(self, key: str, names: Collection[str]) -> None:
+        """With ``keep_optimizer_state``: keep in ``state[key]`` (checkpointed) the optimiser state of the named
+        parameters, for :meth:`reset_optimizer` next round."""
+        if not self.keep_optimizer_state:
+            return
+        optimizer, names = self.trainer.optimizer, set(names)
+        self.state[key] = {
+            n: {k: _copy(v) for k, v in optimizer.state[p].items()}
+            for n, p in self.network.named_parameters()
+            if n in names and p in optimizer.state
+        }
+
+    def train_local_epochs(self, optimizer_key: str | None = None) -> None:
+        """Run the trainer for ``local_epochs`` more epochs (e.g. a second, personal model) from a fresh
+        optimiser state, or, with ``optimizer_key`` and ``keep_optimizer_state``, from the one it left there
+        last round."""
+        self.reset_optimizer(optimizer_key)
         self.trainer.state.max_epochs = self.trainer.state.epoch + self.local_epochs
         self.trainer.run()
+        if optimizer_key:
+            self.save_optimizer(optimizer_key, [n for n, _ in self.network.named_parameters()])
 
     @property
     def device(self) -> torch.device:
         return self.trainer.state.device
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
 # ------------------------------------------------------------------------------------------ key sets
@@ -229,8 +265,14 @@ class Strategy:
     shares_weights: ClassVar[bool] = True  # False: no global model (Local)
     plain_backbone: ClassVar[bool] = True  # train the backbone without OmniFM's parts
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    def __init__(self, keep_private_optimizer_state: bool = False, **options: Any) -> None:
+        """``keep_private_optimizer_state``: a site's private parameters (and a personal model) keep their
+        optimiser state across rounds instead of starting each round from a fresh optimiser; an option of
+        every strategy, so personalised methods compare alike."""
+        self.keep_private_optimizer_state = bool(keep_private_optimizer_state)
+        self.options = (
+            {"keep_private_optimizer_state": True, **options} if keep_private_optimizer_state else options
+        )
 
     # ---------------------------------------------------------------- set-up (every engine, both sides)
     @classmethod

@@ -29,7 +29,7 @@ class Ditto(Strategy):
         ctx.load(ctx.state.get("personal", global_track))
         ctx.loss_terms["ditto"] = lambda: self.lam / 2 * distance_to_global(ctx)
         try:
-            ctx.train_local_epochs()
+            ctx.train_local_epochs(optimizer_key="personal_optimizer")
         finally:
             del ctx.loss_terms["ditto"]
         ctx.state["personal"] = ctx.shared_state()

@@ -1,7 +1,8 @@
 """Adapters expose a backbone's token sequence to OmniFM without modifying the backbone.
 
-An adapter is a stateless class with a ``head`` attribute (names of the backbone's task-head modules) and
-three static methods:
+An adapter is a class (OmniFM holds an instance of it; an adapter with settings, such as the UNet's fusion
+level, takes them in its constructor) with a ``head`` attribute (names of the backbone's task-head modules) and
+three methods:
 ``token_dim(backbone)``, ``encode(backbone, x, *args) -> (tokens (B, L, d), state)`` and
 ``decode(backbone, tokens, state, suffix, film=None) -> output``, where ``suffix (B, d)`` (or ``None``) is the
 gated private-suffix output. An adapter whose decoder has levels to modulate also has
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, ResNet
 from torch import nn
 
@@ -61,36 +63,72 @@ class ResNetAdapter:
 
 
 class BasicUNetAdapter:
-    """MONAI ``BasicUNet``: tokens are the bottleneck positions; skips are unchanged; FiLM at the bottleneck and
-    after every up-sampling block."""
+    """MONAI ``BasicUNet``: tokens are the positions of encoder level ``level`` (4: the bottleneck; 3: the
+    level above it, with 4x the positions at half the channels, ...); the encoder levels below it and every
+    skip are computed from the fused tokens; FiLM at the bottleneck and after every up-sampling block.
+
+    An instance carries its level (``BasicUNetAdapter(3)``); the class itself is the bottleneck adapter.
+    ``max_positions`` bounds the cost of fusion at large inputs: a level with more positions is fused on its
+    average-pooled grid of at most that many positions (e.g. 8 x 8), and the fused change is upsampled back
+    (nearest) and added to the level's full-resolution features; at or below the bound nothing is pooled.
+    """
 
     head = ("final_conv",)
+    LEVELS = (1, 2, 3, 4)
+
+    def __init__(self, level: int = 4, max_positions: int = 64) -> None:
+        if level not in self.LEVELS:
+            raise ValueError(f"the fusion level of a BasicUNet must be one of {self.LEVELS}, got {level!r}.")
+        if max_positions < 1:
+            raise ValueError(f"max_positions must be >= 1, got {max_positions!r}.")
+        self.level, self.max_positions = level, max_positions
 
     @staticmethod
-    def token_dim(backbone: BasicUNet) -> int:
-        return backbone.down_4.convs.conv_1.conv.out_channels
+    def _encoder(backbone: BasicUNet) -> list[nn.Module]:
+        return [backbone.conv_0, backbone.down_1, backbone.down_2, backbone.down_3, backbone.down_4]
+
+    def token_dim(self, backbone: BasicUNet) -> int:
+        return self._encoder(backbone)[self.level].convs.conv_1.conv.out_channels
 
     @staticmethod
     def film_channels(backbone: BasicUNet) -> list[int]:
         ups = [backbone.upcat_4, backbone.upcat_3, backbone.upcat_2, backbone.upcat_1]
-        return [BasicUNetAdapter.token_dim(backbone)] + [u.convs.conv_1.conv.out_channels for u in ups]
+        return [backbone.down_4.convs.conv_1.conv.out_channels] + [
+            u.convs.conv_1.conv.out_channels for u in ups
+        ]
 
-    @staticmethod
-    def encode(backbone: BasicUNet, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        x0 = backbone.conv_0(x)
-        x1 = backbone.down_1(x0)
-        x2 = backbone.down_2(x1)
-        x3 = backbone.down_3(x2)
-        tokens, shape = _to_tokens(backbone.down_4(x3))
-        return tokens, (shape, (x0, x1, x2, x3))
+    def encode(self, backbone: BasicUNet, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        skips = []
+        for block in self._encoder(backbone)[: self.level + 1]:
+            x = block(x)
+            skips.append(x)
+        full = skips.pop()
+        side = int(round(self.max_positions ** (1 / (full.ndim - 2))))
+        while side ** (full.ndim - 2) > self.max_positions:
+            side -= 1
+        if all(n <= side for n in full.shape[2:]):
+            tokens, shape = _to_tokens(full)
+            return tokens, (shape, skips, None)
+        grid = [min(n, side) for n in full.shape[2:]]
+        pooled = F.adaptive_avg_pool2d(full, grid) if full.ndim == 4 else F.adaptive_avg_pool3d(full, grid)
+        tokens, shape = _to_tokens(pooled)
+        return tokens, (shape, skips, (full, tokens))
 
-    @staticmethod
     def decode(
-        backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None, film=None
+        self, backbone: BasicUNet, tokens: torch.Tensor, state: Any, suffix: torch.Tensor | None, film=None
     ) -> torch.Tensor:
-        shape, (x0, x1, x2, x3) = state
+        shape, skips, pooled = state
+        fused = _from_tokens(tokens, shape)
+        if pooled is not None:  # fused on the pooled grid: add the change at full resolution
+            full, before = pooled
+            change = _from_tokens(tokens - before, shape)
+            fused = full + F.interpolate(change, size=full.shape[2:], mode="nearest")
+        xs = [*skips, fused]
+        for block in self._encoder(backbone)[len(xs) :]:  # the levels below the fused one
+            xs.append(block(xs[-1]))
+        x0, x1, x2, x3, x4 = xs
         film = film or [None] * 5
-        u = SuffixFiLM.apply(_from_tokens(tokens, shape), film[0])
+        u = SuffixFiLM.apply(x4, film[0])
         for level, (up, skip) in enumerate(
             zip(
                 [backbone.upcat_4, backbone.upcat_3, backbone.upcat_2, backbone.upcat_1],

@@ -20,7 +20,7 @@ from omnifm_monai.networks.blocks import (
     is_private,
 )
 
-from .adapters import adapter_for
+from .adapters import BasicUNetAdapter, adapter_for
 from .vqa import VQANet
 
 __all__ = ["NORM_TYPES", "OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA", "module_state_keys"]
@@ -63,7 +63,8 @@ class OmniFM(nn.Module):
         backbone: a MONAI network with a registered adapter (``ResNet``, ``BasicUNet``, ``VQANet``).
         spatial_dims: 2 or 3.
         in_channels: image channels.
-        adapter: adapter class or its dotted path; by default looked up from the backbone's class.
+        adapter: adapter class, instance or the class's dotted path; by default looked up from the backbone's
+            class.
         spectral_dim: spectral token size ``d_s``.
         beta: low-pass ratio of the spectral window.
         tokenizer_grid: bins per axis of the resampled window.
@@ -102,7 +103,7 @@ class OmniFM(nn.Module):
         backbone: nn.Module,
         spatial_dims: int,
         in_channels: int,
-        adapter: type | str | None = None,
+        adapter: type | object | str | None = None,
         spectral_dim: int = 128,
         beta: float = 0.15,
         tokenizer_grid: int = 16,
@@ -135,7 +136,8 @@ class OmniFM(nn.Module):
             adapter, found = optional_import(module, name=name)
             if not found:
                 raise ValueError(f"cannot import the adapter {adapter!r}.")
-        self.adapter = adapter or adapter_for(backbone)
+        adapter = adapter or adapter_for(backbone)
+        self.adapter = adapter() if isinstance(adapter, type) else adapter
         dim = self.adapter.token_dim(backbone)
         self.use_spa = use_spa
         self.private_norms = private_norms
@@ -308,12 +310,17 @@ class OmniFMResNet(OmniFM):
 
 
 class OmniFMUNet(OmniFM):
-    """OmniFM around a MONAI ``BasicUNet`` (segmentation, super-resolution): fusion at the bottleneck.
+    """OmniFM around a MONAI ``BasicUNet`` (segmentation, super-resolution).
 
-    ``(B, in_channels, *S) -> (B, out_channels, *S)``, ``S`` divisible by 16. ``residual`` adds the input to
-    the output (``out_channels == in_channels``; image restoration learns the correction, the usual choice
-    for super-resolution) and zero-initialises the last convolution, so the network starts as the identity;
-    ``norm`` / ``act`` go to ``BasicUNet``.
+    ``(B, in_channels, *S) -> (B, out_channels, *S)``, ``S`` divisible by 16. ``fusion_level`` is the encoder
+    level whose positions OmniFM fuses (:class:`~omnifm_monai.networks.nets.adapters.BasicUNetAdapter`): 4, the
+    bottleneck, has ``S / 16`` positions (4 at 32x32) at the widest channels; 3 has 4x the positions at half
+    the channels, so fusion reaches more of the image with smaller (cheaper to send) attention and prompt
+    weights; ignored when nothing is fused. ``max_fused_positions`` keeps fusion's cost bounded at large inputs
+    (a level with more positions is fused on its pooled grid, the change upsampled back; 64 = 8 x 8, all of
+    level 2's positions at 32 x 32). ``residual`` adds the input to the output (``out_channels == in_channels``; image restoration
+    learns the correction, the usual choice for super-resolution) and zero-initialises the last convolution,
+    so the network starts as the identity; ``norm`` / ``act`` go to ``BasicUNet``.
     """
 
     def __init__(
@@ -325,6 +332,8 @@ class OmniFMUNet(OmniFM):
         norm: str | tuple | None = ("instance", {"affine": True}),
         act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
         residual: bool = False,
+        fusion_level: int = 4,
+        max_fused_positions: int = 64,
         **omnifm,
     ) -> None:
         if residual and in_channels != out_channels:
@@ -337,6 +346,9 @@ class OmniFMUNet(OmniFM):
         if residual:  # start as the identity: training can only add a correction the data supports
             nn.init.zeros_(backbone.final_conv.weight)
             nn.init.zeros_(backbone.final_conv.bias)
+        fuses = any(omnifm.get(part, True) for part in ("use_ecaf", "use_prefix", "use_suffix"))
+        # nothing fused (the baselines' plain backbone): the bottleneck, where `features` reads its representation
+        omnifm.setdefault("adapter", BasicUNetAdapter(fusion_level if fuses else 4, max_fused_positions))
         super().__init__(backbone, spatial_dims, in_channels, **omnifm)
         self.residual = residual
 

@@ -228,3 +228,62 @@ def test_residual_unet_adds_its_input_and_checks_channels():
         32,
         32,
     )
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+def test_unet_fusion_level_sets_the_fused_positions_and_keeps_the_backbone_function(spatial_dims, level):
+    features = (8, 8, 16, 32, 64, 8)
+    size = (32,) * spatial_dims
+    x = torch.rand(2, 1, *size)
+    torch.manual_seed(0)
+    net = OmniFMUNet(spatial_dims, 1, 3, features=features, fusion_level=level, **SMALL).eval()
+    tokens, state = net.adapter.encode(net.backbone, x)
+    # the positions of encoder level `level` (S / 2^level per axis; pooled to at most 64), its channels
+    assert tokens.shape == (2, min((32 // 2**level) ** spatial_dims, 64), features[level])
+    assert net.adapter.token_dim(net.backbone) == features[level]
+    assert torch.equal(net.adapter.decode(net.backbone, tokens, state, None), net.backbone(x))
+    _fill_bank(net, x)
+    assert torch.equal(net(x), net.backbone(x))  # gate closed at init: the backbone's function
+    net.gate.alpha.data.fill_(0.5)
+    changed = (net(x).argmax(1) != net.backbone(x).argmax(1)).float().mean()
+    assert changed > 0  # the fused positions reach the output
+
+
+def test_unet_fusion_level_is_checked_and_ignored_without_fusion():
+    with pytest.raises(ValueError, match="fusion level"):
+        OmniFMUNet(2, 1, 2, fusion_level=5)
+    plain = OmniFMUNet(2, 1, 2, fusion_level=2, **ALL_OFF)
+    assert plain.adapter.level == 4  # the baselines' features stay the bottleneck's
+    fused = OmniFMUNet(2, 1, 2, fusion_level=2, spectral_dim=32)
+    assert fused.adapter.level == 2
+    # a smaller fused width means smaller shared parts: the prompt and attention weights are d x d
+    wide = OmniFMUNet(2, 1, 2, fusion_level=4, spectral_dim=32)
+    size = {n: sum(p.numel() for p in m.parameters()) for n, m in (("narrow", fused), ("wide", wide))}
+    assert (
+        sum(p.numel() for p in fused.prompt.parameters())
+        < sum(p.numel() for p in wide.prompt.parameters()) / 4
+    )
+    assert size["narrow"] < size["wide"]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_large_fused_level_is_fused_on_its_pooled_grid(spatial_dims):
+    size = 64 if spatial_dims == 2 else 32
+    x = torch.rand(2, 1, *(size,) * spatial_dims)
+    torch.manual_seed(0)
+    net = OmniFMUNet(spatial_dims, 1, 3, features=(8, 8, 16, 32, 64, 8), fusion_level=1, **SMALL).eval()
+    tokens, state = net.adapter.encode(net.backbone, x)
+    # level 1 has (size / 2)^d positions; at most 64 are fused (8 x 8, 4 x 4 x 4), each the mean of its cell
+    assert tokens.shape[1] == 64 < (size // 2) ** spatial_dims
+    level = net.backbone.down_1(net.backbone.conv_0(x))
+    cell = (size // 2) // round(64 ** (1 / spatial_dims))
+    first = level[(slice(None), slice(None), *[slice(0, cell)] * spatial_dims)].mean(
+        tuple(range(2, 2 + spatial_dims))
+    )
+    assert torch.allclose(tokens[:, 0], first, atol=1e-6)
+    assert torch.equal(net.adapter.decode(net.backbone, tokens, state, None), net.backbone(x))
+    _fill_bank(net, x)
+    assert torch.equal(net(x), net.backbone(x))
+    net.gate.alpha.data.fill_(0.5)
+    assert (net(x).argmax(1) != net.backbone(x).argmax(1)).any()  # the pooled change reaches full resolution
