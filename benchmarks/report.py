@@ -401,6 +401,35 @@ def summary_table(
     ]
 
 
+def published_table(res: Results, published: Mapping[str, Mapping[str, Any]], scenario: str) -> list[str]:
+    """Our site-averaged test means beside the paper's reported numbers (the suite's ``published`` block: per
+    task ``scale`` (ours x scale is the paper's unit), ``fedavg``, ``best_baseline`` ([name, value]),
+    ``omnifm``, ``note``), two decimals; a task without results shows "not run"."""
+    lines = ["| task | metric | FedAvg: ours / paper | best baseline: ours / paper | OmniFM: ours / paper | OmniFM minus best baseline: ours / paper | protocol differences |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def num(value: float | None, scale: float = 1.0, sign: str = "", missing: str = "not run") -> str:
+        return f"{value * scale:{sign}.2f}" if value is not None else missing
+
+    for task, paper in published.items():
+        scale, ran = paper.get("scale", 1), task in res.metrics
+        m = margin(res, task, scenario) if ran else None
+        fedavg, omnifm = (res.site_mean(task, scenario, s) if ran else [] for s in ("fedavg", "omnifm"))
+        p_name, p_best = paper.get("best_baseline") or (None, None)
+        p_omnifm = paper.get("omnifm")
+        p_gap = p_omnifm - p_best if p_best is not None and p_omnifm is not None else None
+        best = f"{num(m['best_value'][0], scale)} ({name(m['best']).strip('*')})" if m else "not run"
+        lines.append(
+            f"| {task} | {res.metrics.get(task, '')} | "
+            f"{num(statistics.fmean(fedavg) if fedavg else None, scale)} / {num(paper.get('fedavg'), missing='–')} | "
+            f"{best} / {num(p_best, missing='–')}{f' ({p_name})' if p_name else ''} | "
+            f"{num(statistics.fmean(omnifm) if omnifm else None, scale)} / {num(p_omnifm, missing='–')} | "
+            f"{num(m['margin'] if m else None, scale, '+')} / {num(p_gap, sign='+', missing='–')} | "
+            f"{paper.get('note', '')} |"
+        )
+    return lines
+
+
 def baseline_lines(
     res: Results, task: str, scenarios: Sequence[str], order: Sequence[str], baseline: str
 ) -> list[str]:
@@ -658,6 +687,11 @@ def write_report(
     ]
     if above:
         above = ["Strategies with a site average above the task's baseline variant:", "", *above, ""]
+    if suite.get("published"):  # the paper's protocol: its reported numbers beside ours
+        above += ["## Beside the paper", "", "The paper's reported numbers (second-hand, from its summary: check "
+                  "them before citing) beside this run's, in the paper's units; ours are site-averaged test means "
+                  "over the seeds.", "", *published_table(res, suite["published"], scenarios[0] if scenarios
+                                                          else next(iter(suite["scenarios"]))), ""]  # fmt: skip
     out = [
         f"# Benchmark: suite `{suite['name']}`", "", command, "", *record,
         f"Results: `{results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}`, commit(s) {', '.join(sorted(res.commits))}. "

@@ -252,6 +252,18 @@ def pretraining_cell(suite: Mapping[str, Any], task: str) -> Cell:
     return Cell(task, PRETRAINING, pre.get("strategy", "centralized"), "scratch", pre.get("seed", 0))
 
 
+def _expand_globs(names: Sequence[str], sites_dir: Path) -> list[str]:
+    """Site names of a scenario; a pattern (``partition_*``: FeTS's institutions, as many as the download
+    has) stands for the matching site folders, in sorted order."""
+    out = []
+    for name in names:
+        if any(c in name for c in "*?["):
+            out += sorted(p.name for p in sites_dir.glob(name) if p.is_dir()) if sites_dir.is_dir() else []
+        else:
+            out.append(name)
+    return out
+
+
 def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict[str, Any]:
     """The :func:`simulate` arguments of a cell: suite settings, then the task's, then the variant's."""
     from omnifm_monai.fl.bundle import bundle_task
@@ -263,6 +275,7 @@ def simulate_kwargs(suite: Mapping[str, Any], cell: Cell, workdir: Path) -> dict
     )  # prepared: one root each
     bundle = ROOT / task["bundle"]
     names, unseen = scenario_sites(suite, cell.scenario)
+    names = _expand_globs(names, sites_dir)
     datalist = bundle_task(bundle)
     sites = [
         s for s in names if (sites_dir / s / f"{datalist}.json").is_file()

@@ -73,9 +73,9 @@ def write_medmnist(root: Path, subsets=MEDMNIST, n_classes: int = 3) -> Path:
     return root
 
 
-def write_brats(root: Path, n_cases: int = 4) -> Path:
+def write_brats(root: Path, n_cases: int = 4, per_partition: int = 2) -> Path:
     """FeTS2022 case folders ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (8 x 8 x 6) and
-    ``partitioning_1.csv`` (two cases per partition); returns the CSV."""
+    ``partitioning_1.csv`` (``per_partition`` cases per partition); returns the CSV."""
     cases = [f"FeTS2022_{i:05d}" for i in range(n_cases)]
     for case in cases:
         for seq in ("t1", "t1ce", "t2", "flair"):
@@ -85,7 +85,7 @@ def write_brats(root: Path, n_cases: int = 4) -> Path:
         write_nii(root / case / f"{case}_seg.nii.gz", seg)
     with open(root / "partitioning_1.csv", "w", newline="") as f:
         csv.writer(f).writerows(
-            [["Partition_ID", "Subject_ID"], *[[1 + i // 2, c] for i, c in enumerate(cases)]]
+            [["Partition_ID", "Subject_ID"], *[[1 + i // per_partition, c] for i, c in enumerate(cases)]]
         )
     return root / "partitioning_1.csv"
 

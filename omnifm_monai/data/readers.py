@@ -277,7 +277,7 @@ def read_brats(
     site ``brats`` without either. ``modality`` is one sequence for every site, ``"all"`` (the four
     sequences as a list, loaded as channels), or a site (or partition id) -> sequence mapping for
     cross-modality; partitions it does not name are skipped. Label files keep BraTS values
-    {0, 1, 2, 4}: map them in the bundle with :class:`omnifm_monai.transforms.ConvertBraTSLabelsd`.
+    {0, 1, 2, 4}: the 3D segmentation bundle reads them with ``label_values: [0, 1, 2, 4]``.
     """
     source_dir = Path(source_dir)
     if not source_dir.is_dir():
@@ -323,7 +323,7 @@ def read_brats(
             "modality": f"MRI {seq}",
             "task": "segmentation",
             "description": f"FeTS2022/BraTS {'partition ' + pid if pid else 'all cases'}, {seq}, 3D; "
-            "label values {0,1,2,4} as on disk (map with ConvertBraTSLabelsd); split by case.",
+            "label values {0,1,2,4} as on disk (the 3D bundle maps them with label_values); split by case.",
             "labels": BRATS_LABELS,
         }
         sites[site] = _write_site(folder, meta, items)

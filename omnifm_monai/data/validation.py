@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,7 @@ def validate_datalist(
     expected_channels: int | None = None,
     max_items: int | None = None,
     num_classes: int | None = None,
+    label_values: Sequence[int] | None = None,
 ) -> dict:
     """Validate a datalist in the common form and the files it lists; raise :class:`DataValidationError`.
 
@@ -203,6 +205,8 @@ def validate_datalist(
         max_items: read at most this many items per split (existence is checked for all).
         num_classes: the classes the bundle's network predicts: label values (segmentation) or indices
             (classification) must lie in ``[0, num_classes)``, whether or not the datalist declares them.
+        label_values: segmentation label values as stored, in class order, when the bundle maps them to
+            ``[0, num_classes)`` (BraTS's ``[0, 1, 2, 4]``): label maps must hold only these values.
 
     Returns:
         ``{"datalist": path, "task": task, "items": {split: n}, "files_read": n}`` (the files checked; they
@@ -226,12 +230,13 @@ def validate_datalist(
         raise DataValidationError(f"{path}: the 'training' list is missing or empty.")
     base = Path(base_dir) if base_dir is not None else path.parent
     allowed = _label_values(datalist.get("labels"))
-    if num_classes is not None:
-        if allowed is not None and any(not 0 <= v < num_classes for v in allowed):
+    if num_classes is not None or label_values is not None:
+        stored = set(label_values) if label_values is not None else set(range(num_classes))
+        if allowed is not None and not allowed <= stored:
             raise DataValidationError(
-                f"{path}: declared labels {sorted(allowed)} do not fit the network's {num_classes} classes."
+                f"{path}: declared labels {sorted(allowed)} do not fit the network's label values {sorted(stored)}."
             )
-        allowed = allowed if allowed is not None else set(range(num_classes))
+        allowed = allowed if allowed is not None else stored
     counts, to_read = {}, []
     for split in SPLITS:
         items = datalist.get(split) or []
@@ -266,6 +271,7 @@ def validate_datalist(
         max_items,
         check_images,
         num_classes,
+        tuple(label_values or ()),
         _stats(files),
     )
     if fingerprint not in _VALIDATED:
@@ -284,9 +290,12 @@ def check_datalist(
     expected_channels: int | None = None,
     max_items: int | None = None,
     num_classes: int | None = None,
+    label_values: Sequence[int] | None = None,
 ) -> str:
     """:func:`validate_datalist`, then return ``datalist_path``: a drop-in for a bundle config's datalist id."""
-    validate_datalist(datalist_path, task, base_dir, check_images, expected_channels, max_items, num_classes)
+    validate_datalist(
+        datalist_path, task, base_dir, check_images, expected_channels, max_items, num_classes, label_values
+    )
     return str(datalist_path)
 
 

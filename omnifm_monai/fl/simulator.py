@@ -97,13 +97,15 @@ def _pooled_site(sites: Mapping[str, str], task: str, folder: Path) -> dict[str,
         datalist = json.loads(datalist_path(site_dir, task).read_text())
         for key, value in datalist.items():
             if isinstance(value, list) and key in ("training", "validation", "test"):
+                root = Path(site_dir).resolve()  # a relative site folder would resolve against pooled_data
                 items = [
                     {
                         **item,
                         **{
-                            k: str(Path(site_dir) / v)
+                            k: [str(root / p) for p in v] if isinstance(v, list) else str(root / v)
                             for k, v in item.items()
-                            if k in ("image", "label") and isinstance(v, str)
+                            if k in ("image", "label")
+                            and isinstance(v, (str, list))  # a class label is an int
                         },
                     }
                     for item in value

@@ -180,8 +180,34 @@ def test_export_torchscript_reproduces_the_network_on_a_patch(trained, sites_3d,
         assert not torch.allclose(expected[0], expected[1], atol=1e-4)  # the patches differ, so do outputs
 
 
-def test_one_round_of_two_sites_in_the_simulator(sites_3d, tmp_path):
+def test_label_values_map_stored_labels_to_classes_and_back(sites_3d):
+    """BraTS / FeTS label maps keep {0, 1, 2, 4} on disk: ``label_values`` makes them classes 0-3 for training
+    (four output channels) and inference writes the stored values back, a round trip."""
+    overrides = {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(sites_3d / "t1"),
+        "label_values": [0, 1, 2, 4],
+    }
+    workflow = _workflow(["train.json", "inference.json"], None, overrides)
+    parser = workflow.parser
+    assert parser.get_parsed_content("num_classes") == 4
+    stored = torch.tensor([0, 4, 2, 1, 4, 0]).reshape(1, 1, 1, 6).float()
+    to_classes = next(t for t in parser.get_parsed_content("train#deterministic_transforms")
+                      if type(t).__name__ == "MapLabelValued")  # fmt: skip
+    classes = to_classes({"label": stored})["label"]
+    assert classes.flatten().tolist() == [0, 3, 2, 1, 3, 0]
+    back = next(t for t in parser.get_parsed_content("postprocessing").transforms
+                if type(t).__name__ == "MapLabelValued")  # fmt: skip
+    assert torch.equal(torch.as_tensor(back({"pred": classes})["pred"]).float(), stored)
+    with torch.no_grad():
+        assert parser.get_parsed_content("network_def")(torch.rand(1, 1, 32, 32, 32)).shape[1] == 4
+
+
+def test_one_round_of_two_sites_in_the_simulator_and_in_nvflare(sites_3d, tmp_path, monkeypatch):
+    """The simulator's round, then the same round as an NVFlare SimEnv job: the same global weights and bank, bit
+    for bit (the sites use the simulator's thread count)."""
     from omnifm_monai.fl import simulate
+    from omnifm_monai.fl.simulator import load_checkpoint
 
     out = tmp_path / "run"
     results = simulate(
@@ -197,3 +223,29 @@ def test_one_round_of_two_sites_in_the_simulator(sites_3d, tmp_path):
     assert set(bank["site"].tolist()) == {0, 1}  # the server's bank holds both sites' summaries
     # each site's middle test slice through its model (a panel that fails is only logged, and left out)
     assert (out / "qualitative.png").is_file()
+    # the same round as an NVFlare job
+    pytest.importorskip("nvflare", reason="NVFlare jobs need the `fl` extra: pip install -e '.[fl]'")
+    monkeypatch.delenv("OMNIFM_THREADS", raising=False)
+    job = _federated_job()
+    site_dirs = {s: str(sites_3d / s) for s in SITES}
+    recipe = job.build_recipe(str(BUNDLE), "omnifm", list(SITES), rounds=1, site_dirs=site_dirs, overrides=SMALL,
+                              staging=str(tmp_path / "src"))  # fmt: skip
+    result_dir = job.run(recipe, list(SITES), "sim", workspace=str(tmp_path / "ws"))
+    result = job.check_result(result_dir, "omnifm", rounds=1, bundle=str(BUNDLE), sites=list(SITES))
+    expected = load_checkpoint(out / "checkpoint.pt")
+    assert set(result["weights"]) == set(expected["global_weights"])
+    assert all(torch.equal(result["weights"][k], v) for k, v in expected["global_weights"].items())
+    sim_bank = expected["server_state"]["bank"]
+    assert all(torch.equal(result["state"]["bank"][k], sim_bank[k]) for k in sim_bank)
+
+
+def _federated_job():
+    """``federated/job.py``, the NVFlare job command (a script, not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "federated_job", BUNDLES_DIR.parent / "federated" / "job.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

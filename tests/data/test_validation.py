@@ -251,6 +251,10 @@ def test_labels_outside_the_networks_classes_are_refused_without_a_declared_labe
     assert validate_datalist(undeclared, "segmentation", num_classes=3)  # values 0-2
     _fails(undeclared, "segmentation", "seg1.nii.gz", "[2]", "[0, 1]", num_classes=2)
     _fails(site / "datalist.json", "segmentation", "declared labels", num_classes=2)  # 0-2 declared
+    # stored values the bundle maps to classes (BraTS's 0, 1, 2, 4): they, not range(num_classes), bound the maps
+    assert validate_datalist(undeclared, "segmentation", num_classes=4, label_values=[0, 1, 2, 4])
+    _fails(undeclared, "segmentation", "has values [1] not in the labels [0, 2, 4]", label_values=[0, 2, 4])
+    _fails(site / "datalist.json", "segmentation", "declared labels [0, 1, 2]", label_values=[0, 2, 4])
     cls = _datalist(site, "cls.json", training=[{"image": "img0.nii.gz", "label": 7}])
     _fails(cls, "classification", "cls.json", "label 7 out of range for 4 classes", num_classes=4)
     assert validate_datalist(cls, "classification")  # no bound known: any index >= 0

@@ -288,6 +288,36 @@ def test_centralized_model_is_tested_on_every_site(reference_sites, tmp_path):
     assert pooled == {"pooled"} and {r["site"] for r in _rows(tmp_path) if r["split"] == "test"} == set(SITES)
 
 
+def test_pooled_site_points_at_every_sites_files_from_a_relative_site_folder(tmp_path, monkeypatch):
+    from omnifm_monai.fl.simulator import _pooled_site
+
+    items = {
+        "a": {"image": "a.nii.gz", "label": 1},
+        "b": {"image": ["b1.nii.gz", "b2.nii.gz"], "label": "b_seg.nii.gz"},
+    }
+    for site, item in items.items():
+        (tmp_path / "sites" / site).mkdir(parents=True)
+        for f in [
+            *(item["image"] if site == "b" else [item["image"]]),
+            *([item["label"]] if site == "b" else []),
+        ]:
+            (tmp_path / "sites" / site / f).write_text("")
+        datalist = {"modality": "MR", "training": [item], "validation": [item], "test": [item]}
+        (tmp_path / "sites" / site / "classification.json").write_text(json.dumps(datalist))
+    monkeypatch.chdir(tmp_path)  # the benchmark's --workdir may be relative
+    pooled = _pooled_site({"a": "sites/a", "b": "sites/b"}, "classification", Path("run/pooled_data"))
+    datalist = json.loads((Path(pooled["pooled"]) / "classification.json").read_text())
+    assert [item["label"] for item in datalist["training"]][0] == 1  # a class label stays a class label
+    paths = [
+        Path(pooled["pooled"]) / p  # read as the bundle reads it: relative to the pooled folder
+        for item in datalist["training"]
+        for value in (item["image"], item["label"])
+        if not isinstance(value, int)
+        for p in (value if isinstance(value, list) else [value])
+    ]
+    assert len(paths) == 4 and all(p.is_file() for p in paths)
+
+
 def test_initial_weights_of_another_network_are_refused():
     from omnifm_monai.fl.simulator import load_matching
 
