@@ -20,7 +20,7 @@ from omnifm_monai.networks.blocks import (
     is_private,
 )
 
-from .adapters import BasicUNetAdapter, adapter_for
+from .adapters import BasicUNetAdapter, ResNetAdapter, VQANetAdapter, adapter_for
 from .vqa import VQANet
 
 __all__ = ["NORM_TYPES", "OmniFM", "OmniFMResNet", "OmniFMUNet", "OmniFMVQA", "module_state_keys"]
@@ -185,12 +185,8 @@ class OmniFM(nn.Module):
             fuses
         ):  # registered as `private_gate` (kept by the site, see is_private) or `shared_gate` (averaged)
             self.add_module("private_gate" if private_gate else "shared_gate", ZeroGate(gate_init))
-        film_channels = getattr(self.adapter, "film_channels", None)
-        self.film = (
-            SuffixFiLM(dim, film_channels(backbone))
-            if (suffix_film and use_suffix and film_channels is not None)
-            else None
-        )
+        film_channels = getattr(self.adapter, "film_channels", lambda _: [])(backbone)
+        self.film = SuffixFiLM(dim, film_channels) if (suffix_film and use_suffix and film_channels) else None
         self.spectral_alignment: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -282,10 +278,20 @@ class OmniFM(nn.Module):
         return self.adapter.decode(self.backbone, tokens, state, suffix, film)
 
 
+def _fusion_adapter(adapter: type, fusion_level: int, max_fused_positions: int, omnifm: dict) -> None:
+    """The wrappers' adapter at ``fusion_level``; with nothing fused (the baselines' plain backbone) the last
+    level, where ``features`` reads the backbone's representation."""
+    fuses = any(omnifm.get(part, True) for part in ("use_ecaf", "use_prefix", "use_suffix"))
+    omnifm.setdefault("adapter", adapter(fusion_level if fuses else 4, max_fused_positions))
+
+
 class OmniFMResNet(OmniFM):
     """OmniFM around a MONAI ``ResNet`` classifier (basic blocks); ``out_channels`` classes.
 
-    ``(B, in_channels, *S) -> (B, out_channels)``. Further keyword arguments go to :class:`OmniFM`.
+    ``(B, in_channels, *S) -> (B, out_channels)``. ``fusion_level`` is the stage whose positions OmniFM fuses
+    (:class:`~omnifm_monai.networks.nets.adapters.ResNetAdapter`): 4, the last, has ``S / 32`` positions per
+    axis (one at 32 x 32); 2 has 16x the positions at a quarter of the channels. ``max_fused_positions`` as for
+    :class:`OmniFMUNet`. Further keyword arguments go to :class:`OmniFM`.
     """
 
     def __init__(
@@ -295,6 +301,8 @@ class OmniFMResNet(OmniFM):
         out_channels: int,
         channels: Sequence[int] = (32, 64, 128, 256),
         layers: Sequence[int] = (1, 1, 1, 1),
+        fusion_level: int = 4,
+        max_fused_positions: int = 64,
         **omnifm,
     ) -> None:
         backbone = ResNet(
@@ -306,6 +314,7 @@ class OmniFMResNet(OmniFM):
             conv1_t_stride=2,
             num_classes=out_channels,
         )
+        _fusion_adapter(ResNetAdapter, fusion_level, max_fused_positions, omnifm)
         super().__init__(backbone, spatial_dims, in_channels, **omnifm)
 
 
@@ -346,9 +355,7 @@ class OmniFMUNet(OmniFM):
         if residual:  # start as the identity: training can only add a correction the data supports
             nn.init.zeros_(backbone.final_conv.weight)
             nn.init.zeros_(backbone.final_conv.bias)
-        fuses = any(omnifm.get(part, True) for part in ("use_ecaf", "use_prefix", "use_suffix"))
-        # nothing fused (the baselines' plain backbone): the bottleneck, where `features` reads its representation
-        omnifm.setdefault("adapter", BasicUNetAdapter(fusion_level if fuses else 4, max_fused_positions))
+        _fusion_adapter(BasicUNetAdapter, fusion_level, max_fused_positions, omnifm)
         super().__init__(backbone, spatial_dims, in_channels, **omnifm)
         self.residual = residual
 
@@ -358,7 +365,10 @@ class OmniFMUNet(OmniFM):
 
 
 class OmniFMVQA(OmniFM):
-    """OmniFM around :class:`VQANet`: ``(image (B, C, *S), question (B, T)) -> (B, num_answers)``."""
+    """OmniFM around :class:`VQANet`: ``(image (B, C, *S), question (B, T)) -> (B, num_answers)``.
+
+    ``fusion_level`` and ``max_fused_positions``: the stage of the image trunk whose positions OmniFM fuses, as
+    for :class:`OmniFMResNet` (:class:`~omnifm_monai.networks.nets.adapters.VQANetAdapter`)."""
 
     def __init__(
         self,
@@ -368,7 +378,10 @@ class OmniFMVQA(OmniFM):
         num_answers: int,
         embed_dim: int = 128,
         channels: Sequence[int] = (16, 32, 64, 128),
+        fusion_level: int = 4,
+        max_fused_positions: int = 64,
         **omnifm,
     ) -> None:
         backbone = VQANet(spatial_dims, in_channels, vocab_size, num_answers, embed_dim, tuple(channels))
+        _fusion_adapter(VQANetAdapter, fusion_level, max_fused_positions, omnifm)
         super().__init__(backbone, spatial_dims, in_channels, **omnifm)

@@ -287,3 +287,72 @@ def test_a_large_fused_level_is_fused_on_its_pooled_grid(spatial_dims):
     assert torch.equal(net(x), net.backbone(x))
     net.gate.alpha.data.fill_(0.5)
     assert (net(x).argmax(1) != net.backbone(x).argmax(1)).any()  # the pooled change reaches full resolution
+
+
+def _trunk_case(kind, spatial_dims, level, **kw):
+    channels = (8, 16, 32, 64)
+    if kind == "resnet":
+        net = OmniFMResNet(spatial_dims, 1, 5, channels=channels, fusion_level=level, **SMALL, **kw)
+        return net, ()
+    net = OmniFMVQA(
+        spatial_dims, 1, 20, 6, embed_dim=24, channels=channels, fusion_level=level, **SMALL, **kw
+    )
+    return net, (torch.randint(1, 20, (2, 7)),)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", ["resnet", "vqa"])
+def test_resnet_trunk_fusion_level_sets_the_fused_positions_and_keeps_the_backbone_function(
+    kind, spatial_dims, level
+):
+    x = torch.rand(2, 1, *(32,) * spatial_dims)
+    torch.manual_seed(0)
+    net, extra = _trunk_case(kind, spatial_dims, level)
+    net.eval()
+    tokens, state = net.adapter.encode(net.backbone, x, *extra)
+    # stage `level` has S / 2^(level + 1) positions per axis (stem: stride 2 and max-pool), pooled to at most 64;
+    # at the last stage of the VQA trunk the tokens are the projected ones the question attends over
+    width = 24 if (kind == "vqa" and level == 4) else (8, 16, 32, 64)[level - 1]
+    assert tokens.shape == (2, min((32 // 2 ** (level + 1)) ** spatial_dims, 64), width)
+    assert net.adapter.token_dim(net.backbone) == width
+    assert torch.equal(net.adapter.decode(net.backbone, tokens, state, None), net.backbone(x, *extra))
+    assert (
+        [m.out_features // 2 for m in net.film.maps] == [16, 32, 64][level - 1 :]
+        if level < 4
+        else net.film is None
+    )
+    _fill_bank(net, x)
+    assert torch.equal(
+        net(x, *extra), net.backbone(x, *extra)
+    )  # gate closed at init: the backbone's function
+    net.gate.alpha.data.fill_(0.5)
+    assert not torch.allclose(net(x, *extra), net.backbone(x, *extra))  # the fused positions reach the output
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vqa"])
+def test_resnet_trunk_suffix_reaches_the_output_through_film_below_the_last_stage(kind):
+    """Fused below the last stage, the private suffix cannot join the pooled (or question) feature: it
+    modulates every later stage instead, and another site's suffix gives another output with the gate shut."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    net, extra = _trunk_case(kind, 2, 2)
+    net.eval()
+    for m in net.film.maps:
+        torch.nn.init.normal_(m.weight, std=0.1)
+    assert float(net.gate.value.detach()) == 0.0
+    moved = net(x, *extra)
+    assert not torch.allclose(moved, net.backbone(x, *extra))
+    with torch.no_grad():
+        net.prompt.private_suffix.add_(1.0)
+    assert not torch.allclose(net(x, *extra), moved)
+
+
+def test_resnet_fusion_level_is_checked_narrows_the_shared_parts_and_is_ignored_without_fusion():
+    with pytest.raises(ValueError, match="fusion level"):
+        OmniFMResNet(2, 1, 2, fusion_level=0)
+    assert OmniFMVQA(2, 1, 20, 6, fusion_level=2, **ALL_OFF).adapter.level == 4
+    narrow, wide = (OmniFMResNet(2, 1, 2, fusion_level=level, spectral_dim=32) for level in (2, 4))
+    assert narrow.adapter.level == 2 and narrow.adapter.token_dim(narrow.backbone) == 64
+    parts = lambda net: sum(p.numel() for m in (net.prompt, net.ecaf) for p in m.parameters())  # noqa: E731
+    assert parts(narrow) < parts(wide) / 8  # attention and prompt weights are d x d: 64 against 256 wide
