@@ -8,8 +8,12 @@ Adam step) on the CPU, the two models interleaved step by step so both see the s
 peak resident memory of a fresh process running those steps (above the process's footprint after importing
 torch: model, optimizer state, activations). The backbone is the network the baselines train: the same
 bundle with every OmniFM part off (the strategies' ``network_def::use_*`` overrides). OmniFM runs with its
-bank filled to capacity and the gate open, as in a federated round. The last line reads
-``worst step-time ratio: R``.
+bank filled to capacity and the gate open, as in a federated round. The line ``worst step-time ratio: R``
+closes the table.
+
+``--paper_sizes`` adds a second table on the paper's backbone sizes (:data:`PAPER_SIZES`: a ResNet-18 at 64 x 64
+in the classification bundle, a model-zoo-size UNet in the segmentation bundle), closed by
+``worst paper-size step-time ratio: R``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ BUNDLES = {
     "vqa": "omnifm_vqa",
 }
 TASKS = tuple(BUNDLES)
+# the paper's backbone sizes: (bundle task, overrides, input size)
+PAPER_SIZES = {
+    "ResNet-18, 64 x 64": (
+        "classification",
+        {"network_def#layers": [2, 2, 2, 2], "network_def#channels": [64, 128, 256, 512]},
+        64,
+    ),
+    "UNet 32-256 (model-zoo size), 128 x 128": (
+        "segmentation",
+        {"network_def#features": [32, 32, 64, 128, 256, 32]},
+        128,
+    ),
+}
 # VQA's vocabulary and answers come from a datalist; any 200 words and 30 answers size the network
 VOCABULARY, ANSWERS = [f"w{i}" for i in range(200)], [f"a{i}" for i in range(30)]
 
@@ -117,6 +134,40 @@ def peak_rss_mib(task: str, omnifm: bool, size: int, batch: int, steps: int, ove
     return value
 
 
+def measure(task: str, size: int, batch: int, steps: int, warmup: int, overrides: dict) -> tuple[float, ...]:
+    """(backbone s/step, OmniFM s/step, backbone peak MiB, OmniFM peak MiB), the two steppers interleaved."""
+    plain = Stepper(task, False, size, batch, overrides)
+    omni = Stepper(task, True, size, batch, overrides)
+    times = {False: [], True: []}
+    for i in range(warmup + steps):
+        for key, stepper in ((False, plain), (True, omni)):
+            t = stepper.step()
+            if i >= warmup:
+                times[key].append(t)
+    return (
+        statistics.median(times[False]),
+        statistics.median(times[True]),
+        peak_rss_mib(task, False, size, batch, 2, overrides),
+        peak_rss_mib(task, True, size, batch, 2, overrides),
+    )
+
+
+def table(rows: dict[str, tuple[str, dict, int]], batch: int, steps: int, warmup: int) -> float:
+    """Print one row per ``name: (task, overrides, size)``; returns the worst step-time ratio."""
+    print("| network | input | backbone ms/step | OmniFM ms/step | time ratio | backbone peak MiB | OmniFM peak MiB | memory ratio |")  # fmt: skip
+    print("|" + "---|" * 8)
+    worst = 0.0
+    for name, (task, overrides, size) in rows.items():
+        t_plain, t_omni, m_plain, m_omni = measure(task, size, batch, steps, warmup, overrides)
+        worst = max(worst, t_omni / t_plain)
+        print(
+            f"| {name} | {size} x {size} | {1e3 * t_plain:.1f} | {1e3 * t_omni:.1f} | {t_omni / t_plain:.3f} | "
+            f"{m_plain:.0f} | {m_omni:.0f} | {m_omni / m_plain:.3f} |",
+            flush=True,
+        )
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
@@ -127,33 +178,16 @@ def main() -> None:
     parser.add_argument(
         "--overrides", type=json.loads, default={}, help="bundle overrides (JSON), every task"
     )
+    parser.add_argument("--paper_sizes", action="store_true", help="also the paper's backbone sizes")
     args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x{args.size}x{args.size}, batch {args.batch}"
-    )
-    header = "| task | backbone ms/step | OmniFM ms/step | time ratio | backbone peak MiB | OmniFM peak MiB | memory ratio |"
-    print(header)
-    print("|" + "---|" * 7)
-    worst = 0.0
-    for task in args.tasks:
-        plain = Stepper(task, False, args.size, args.batch, args.overrides)
-        omni = Stepper(task, True, args.size, args.batch, args.overrides)
-        times = {False: [], True: []}
-        for i in range(args.warmup + args.steps):
-            for key, stepper in ((False, plain), (True, omni)):
-                t = stepper.step()
-                if i >= args.warmup:
-                    times[key].append(t)
-        t_plain, t_omni = statistics.median(times[False]), statistics.median(times[True])
-        m_plain = peak_rss_mib(task, False, args.size, args.batch, 2, args.overrides)
-        m_omni = peak_rss_mib(task, True, args.size, args.batch, 2, args.overrides)
-        ratio = t_omni / t_plain
-        worst = max(worst, ratio)
-        print(
-            f"| {task} | {1e3 * t_plain:.1f} | {1e3 * t_omni:.1f} | {ratio:.3f} | {m_plain:.0f} | {m_omni:.0f} | {m_omni / m_plain:.3f} |",
-            flush=True,
-        )
-    print(f"worst step-time ratio: {worst:.3f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    shipped = {task: (task, args.overrides, args.size) for task in args.tasks}
+    print(f"worst step-time ratio: {table(shipped, args.batch, args.steps, args.warmup):.3f}")
+    if args.paper_sizes:
+        paper = {
+            name: (task, {**over, **args.overrides}, size) for name, (task, over, size) in PAPER_SIZES.items()
+        }
+        print(f"worst paper-size step-time ratio: {table(paper, args.batch, args.steps, args.warmup):.3f}")
 
 
 if __name__ == "__main__":
