@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diagnostics  # noqa: E402
-from run import ROOT, Cell, load_suite  # noqa: E402
+from run import ROOT, Cell, load_suite, settings_sha  # noqa: E402
 
 BASELINE_EXCLUDED = ("omnifm", "centralized")  # the best baseline is the best federated or local strategy
 BAR_STRATEGIES = ("local", "fedavg", "fedprox", "fedbn", "ditto", "feddg", "centralized", "omnifm")
@@ -256,17 +256,33 @@ def site_judgement(
     return out
 
 
-def frozen_record(res: Results) -> tuple[str, list[str]]:
-    """The header sentence naming the suite file sha256 and data builder of the ``meta`` rows, and a warning for
-    each of them that has several values in the CSV."""
+def frozen_record(res: Results, suite: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
+    """The header sentence naming the suite file sha256 and data builder of the ``meta`` rows, and the warnings:
+    a data builder with several values; with ``suite`` and any cell's record, every cell whose recorded settings
+    digest (``settings_sha``, :func:`run.settings_sha`) is not the one the suite file gives now, or that has none.
+    The suite file's own sha256 may differ between cells (a comment, another task's budget): its values are
+    listed, and only a setting that decides a cell's run unfreezes that cell."""
     parts, warnings = [], []
     for metric, what in RECORD.items():
         values = res.meta.get(metric) or {}
         parts.append(f"{what} " + (", ".join(f"`{v}`" for v in sorted(values)) or "not recorded"))
-        if len(values) > 1:
+        if len(values) > 1 and (metric != "suite_sha" or suite is None):
             counts = ", ".join(f"`{v}` ({len(cells)} cells)" for v, cells in sorted(values.items()))
             warnings.append(f"**Warning: these results mix {len(values)} values of the {what}: {counts}; "
                             "they do not all come from the same frozen benchmark.**")  # fmt: skip
+    recorded = {cell: v for v, cells in (res.meta.get("settings_sha") or {}).items() for cell in cells}
+    if suite is not None and not recorded:
+        parts.append("cell settings not recorded")
+    elif suite is not None:
+        cells = sorted(k for k in res.test if k[1] != UNSEEN)  # not the pooled held-out sites
+        stale = [k for k in cells if recorded.get(k) != settings_sha(suite, Cell(*k))]
+        if stale:
+            named = ", ".join("/".join(map(str, k)) for k in stale[:6]) + (", ..." if len(stale) > 6 else "")
+            warnings.append(f"**Warning: {len(stale)} of {len(cells)} cells ran with settings other than the suite "
+                            f"file's now, or recorded none: {named}.**")  # fmt: skip
+        else:
+            parts.append(f"every one of the {len(cells)} cells ran with the settings of the suite file as it is "
+                         "now (data, budget, bundle overrides, sites, variant: `settings_sha` per cell)")  # fmt: skip
     return "Frozen benchmark: " + "; ".join(parts) + ".", warnings
 
 
@@ -677,7 +693,7 @@ def write_report(
     )
     tuning = (f" Fine-tuning starts from the same task trained centrally ({pre.get('strategy', 'centralized')}) "
               f"on {', '.join(pre.get('sites', []))}." if pre else "")  # fmt: skip
-    record, warnings = frozen_record(res)
+    record, warnings = frozen_record(res, suite)
     for warning in warnings:
         logger.warning(warning.strip("*"))
     record = [record, "", *(line for w in warnings for line in (w, ""))]

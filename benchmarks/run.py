@@ -173,6 +173,38 @@ def scenario_sites(suite: Mapping[str, Any], scenario: str) -> tuple[list[str], 
     return list(suite["scenarios"][scenario]), []
 
 
+REPORT_ONLY = ("metric", "also", "baseline_variant")  # task keys that shape the report, not the runs
+
+
+def cell_settings(suite: Mapping[str, Any], cell: Cell) -> dict[str, Any]:
+    """Everything in the suite that decides a cell's run: the data, the budget, the task's bundle and overrides,
+    the scenario's sites, the real sites, the variant, and pre-training for a fine-tuned cell. Comments and
+    other cells' settings are not in it, so editing them does not unfreeze this cell."""
+    task = {k: v for k, v in suite["tasks"][cell.task].items() if k not in REPORT_ONLY}
+    names, unseen = scenario_sites(suite, cell.scenario)
+    settings = {
+        "data": suite.get("data"),
+        "task": task,
+        "rounds": task.get("rounds", suite["rounds"]),
+        "local_epochs": task.get("local_epochs", suite["local_epochs"]),
+        "lr_schedule": suite.get("lr_schedule", "constant"),
+        "overrides": suite.get("overrides") or {},
+        "sites": names,
+        "unseen_sites": unseen,
+        "real_sites": suite.get("real_sites") or [],
+        "variant": (suite.get("variants") or {}).get(cell.strategy, {"strategy": cell.strategy}),
+    }
+    if cell.scenario == PRETRAINING or cell.init == "pretrained":
+        settings["pretraining"] = suite.get("pretraining")
+    return settings
+
+
+def settings_sha(suite: Mapping[str, Any], cell: Cell) -> str:
+    """A digest of :func:`cell_settings`: the frozen-benchmark record of one cell."""
+    text = json.dumps(cell_settings(suite, cell), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def scenario_names(suite: Mapping[str, Any], names: Sequence[str] | None = None) -> list[str]:
     """Scenario names of cells: ``unseen_site`` expands to one scenario per held-out site (every site of its
     list in turn, or those of the suite's ``unseen_held_out``)."""
@@ -335,7 +367,7 @@ def commit() -> str:
 def run_cell(suite: Mapping[str, Any], cell: Cell, workdir: Path, revision: str) -> list[dict[str, Any]]:
     """Run (or resume) one cell; its rows for the results CSV (an unseen-site cell keeps the test rows of its
     held-out site only; the suite's ``real_sites``, scored by the global model, get the split ``real_test``),
-    then the frozen-benchmark record: the suite file's sha256 and the data version."""
+    then the frozen-benchmark record: the suite file's sha256, the cell's settings digest and the data version."""
     from omnifm_monai.fl.simulator import simulate
 
     kwargs = simulate_kwargs(suite, cell, workdir)
@@ -356,7 +388,11 @@ def run_cell(suite: Mapping[str, Any], cell: Cell, workdir: Path, revision: str)
             metric = r["metric"].removeprefix("val_")  # the bundles' evaluators name every metric val_*
             rows.append({**dict(zip(CELL_FIELDS, cell.key, strict=True)), "round": r["round"], "site": r["site"],
                          "split": r["split"], "metric": metric, "value": r["value"], "commit": revision})  # fmt: skip
-    record = {"suite_sha": suite.get("sha256", "unknown"), "data_version": data_version(workdir)}
+    record = {
+        "suite_sha": suite.get("sha256", "unknown"),
+        "settings_sha": settings_sha(suite, cell),
+        "data_version": data_version(workdir),
+    }
     cell_fields = dict(zip(CELL_FIELDS, cell.key, strict=True))
     return rows + [{**cell_fields, "round": -1, "site": "server", "split": "meta", "metric": k, "value": v, "commit": revision}
                    for k, v in record.items()]  # fmt: skip

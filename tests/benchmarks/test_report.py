@@ -326,28 +326,57 @@ def test_diagnostics_table_and_plot(tmp_path):
     assert "segmentation_diagnostics.png" in md.read_text()
 
 
-def test_frozen_record_in_the_header_and_a_warning_when_mixed(results, tmp_path, caplog):
+def test_frozen_record_is_judged_per_cell_against_the_suite_file(results, tmp_path, caplog):
+    """Each cell records the digest of the settings that decide its run; the report checks them against the
+    suite file as it is: a comment or another task's change (a new suite file sha256) leaves the cells frozen, a
+    changed budget or override unfreezes them, and a missing record or mixed data builders are warned about."""
     path, _ = results
-    suite = _suite({"segmentation": {"metric": "mean_dice"}}, {"cross_modality": []}, STRATEGIES)
+    suite = _suite({"segmentation": {"metric": "mean_dice"}}, {"cross_modality": ["a", "b"]}, STRATEGIES)
+    cells = [
+        run.Cell("segmentation", "cross_modality", s, "scratch", seed) for s in STRATEGIES for seed in SEEDS
+    ]
     text = report.write_report(suite, path, tmp_path / "a.md", tmp_path / "plots").read_text()
     assert "suite file sha256 not recorded; data builder not recorded" in text
-    meta = {"suite_sha": "ab" * 32, "data_version": "reference-sites-2"}
-    run.append(path, cell_rows("segmentation", "cross_modality", "fedavg", 9, meta=meta, cost=False))
+    assert "cell settings not recorded" in text and "Warning" not in text
+    for k, cell in enumerate(cells):  # two suite file versions, one set of settings
+        meta = {"suite_sha": "ab" * 8 if k % 2 else "cd" * 8, "settings_sha": run.settings_sha(suite, cell),
+                "data_version": "federation-1"}  # fmt: skip
+        run.append(path, cell_rows(*cell.key[:3], cell.seed, meta=meta, cost=False))
     text = report.write_report(suite, path, tmp_path / "b.md", tmp_path / "plots").read_text()
+    header = text.split("## Summary")[0]
+    assert f"suite file sha256 `{'ab' * 8}`, `{'cd' * 8}`; data builder `federation-1`" in header
     assert (
-        f"suite file sha256 `{'ab' * 32}`; data builder `reference-sites-2`" in text and "Warning" not in text
+        "every one of the 12 cells ran with the settings of the suite file" in header
+        and "Warning" not in text
     )
+    reported_only = {**suite, "tasks": {"segmentation": {"metric": "mean_dice", "also": ["hd95"]}}}
+    assert (
+        "Warning"
+        not in report.write_report(reported_only, path, tmp_path / "c.md", tmp_path / "p").read_text()
+    )
+    longer = {**suite, "tasks": {"segmentation": {"metric": "mean_dice", "rounds": 32}}}
+    with caplog.at_level(logging.WARNING, logger="omnifm_benchmark"):
+        text = report.write_report(longer, path, tmp_path / "d.md", tmp_path / "plots").read_text()
+    assert "12 of 12 cells ran with settings other than the suite file's now" in text
+    assert "segmentation/cross_modality/centralized/scratch/0" in text and "12 of 12 cells" in caplog.text
+    other_sites = {**suite, "scenarios": {"cross_modality": ["a"]}}
+    assert (
+        "12 of 12 cells"
+        in report.write_report(other_sites, path, tmp_path / "e.md", tmp_path / "p").read_text()
+    )
+    run.append(path, cell_rows("segmentation", "cross_modality", "fedavg", 9, cost=False, meta={
+        "settings_sha": run.settings_sha(suite, cells[0]), "data_version": "reference-sites-2"}))  # fmt: skip
+    text = report.write_report(suite, path, tmp_path / "f.md", tmp_path / "plots").read_text()
+    assert "mix 2 values of the data builder" in text and "Warning: 0 of" not in text
     run.append(
         path,
-        cell_rows(
-            "segmentation", "cross_modality", "local", 9, meta={**meta, "suite_sha": "cd" * 32}, cost=False
-        ),
+        cell_rows("segmentation", "cross_modality", "local", 9, cost=False, test={"mean_dice": {"a": 0.5}}),
     )
-    with caplog.at_level(logging.WARNING, logger="omnifm_benchmark"):
-        text = report.write_report(suite, path, tmp_path / "c.md", tmp_path / "plots").read_text()
-    header = text.split("## Summary")[0]
-    assert f"`{'ab' * 32}`, `{'cd' * 32}`" in header and "mix 2 values of the suite file sha256" in header
-    assert "mix 2 values" in caplog.text
+    text = report.write_report(suite, path, tmp_path / "g.md", tmp_path / "plots").read_text()
+    assert (
+        "1 of 13 cells ran with settings other than the suite file's now, or recorded none: segmentation/cross_modality/local/scratch/9."
+        in text
+    )
 
 
 def test_margin_is_against_the_best_non_centralized_baseline(results):

@@ -246,6 +246,7 @@ def test_quick_suite_runs_every_cell_resumes_and_reports(tmp_path):
         assert all(math.isfinite(float(r["value"])) for r in by_cell[cell.key] if r["split"] != "meta"), cell
         meta = {r["metric"]: r["value"] for r in by_cell[cell.key] if r["split"] == "meta"}
         assert meta["suite_sha"] == suite["sha256"] and meta["data_version"] != "unknown", cell
+        assert meta["settings_sha"] == run.settings_sha(suite, cell), cell
     size = results.stat().st_size
     assert run.main(["--suite", "quick", "--workdir", str(workdir), "--results", str(results)]) == 0
     assert results.stat().st_size == size  # resumed: nothing ran twice
