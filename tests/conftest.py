@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,18 @@ import numpy as np
 import pytest
 
 from omnifm_monai.data import build_reference_sites
+
+
+@pytest.fixture(scope="session")
+def nvflare_job():
+    """``federated/job.py``, the NVFlare job command (a script, not a package module); skips without NVFlare."""
+    pytest.importorskip("nvflare", reason="NVFlare jobs need the `fl` extra: pip install -e '.[fl]'")
+    spec = importlib.util.spec_from_file_location(
+        "federated_job", Path(__file__).parents[1] / "federated" / "job.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -203,7 +203,7 @@ def test_label_values_map_stored_labels_to_classes_and_back(sites_3d):
         assert parser.get_parsed_content("network_def")(torch.rand(1, 1, 32, 32, 32)).shape[1] == 4
 
 
-def test_one_round_of_two_sites_in_the_simulator_and_in_nvflare(sites_3d, tmp_path, monkeypatch):
+def test_one_round_of_two_sites_in_the_simulator_and_in_nvflare(sites_3d, tmp_path, monkeypatch, nvflare_job):
     """The simulator's round, then the same round as an NVFlare SimEnv job: the same global weights and bank, bit
     for bit (the sites use the simulator's thread count)."""
     from omnifm_monai.fl import simulate
@@ -224,9 +224,8 @@ def test_one_round_of_two_sites_in_the_simulator_and_in_nvflare(sites_3d, tmp_pa
     # each site's middle test slice through its model (a panel that fails is only logged, and left out)
     assert (out / "qualitative.png").is_file()
     # the same round as an NVFlare job
-    pytest.importorskip("nvflare", reason="NVFlare jobs need the `fl` extra: pip install -e '.[fl]'")
     monkeypatch.delenv("OMNIFM_THREADS", raising=False)
-    job = _federated_job()
+    job = nvflare_job
     site_dirs = {s: str(sites_3d / s) for s in SITES}
     recipe = job.build_recipe(str(BUNDLE), "omnifm", list(SITES), rounds=1, site_dirs=site_dirs, overrides=SMALL,
                               staging=str(tmp_path / "src"))  # fmt: skip
@@ -237,15 +236,3 @@ def test_one_round_of_two_sites_in_the_simulator_and_in_nvflare(sites_3d, tmp_pa
     assert all(torch.equal(result["weights"][k], v) for k, v in expected["global_weights"].items())
     sim_bank = expected["server_state"]["bank"]
     assert all(torch.equal(result["state"]["bank"][k], sim_bank[k]) for k in sim_bank)
-
-
-def _federated_job():
-    """``federated/job.py``, the NVFlare job command (a script, not a package module)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "federated_job", BUNDLES_DIR.parent / "federated" / "job.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -7,7 +7,6 @@ this process, NVFlare's server and sites import it in theirs (this folder is put
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import subprocess
 import sys
@@ -26,14 +25,6 @@ BUNDLE = str(ROOT / "bundles" / "omnifm_segmentation")
 SMALL = {"image_size": 32, "batch_size": 8}
 SITES = ["icbm_t1", "icbm_t2w"]
 DOTTED = "test_custom_strategy.MedianOfSites"
-
-
-def _load_job():
-    pytest.importorskip("nvflare")
-    spec = importlib.util.spec_from_file_location("federated_job", ROOT / "federated" / "job.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class MedianOfSites(Strategy):
@@ -74,7 +65,7 @@ def test_the_server_rule_is_the_coordinate_wise_median():
 
 @pytest.mark.slow
 def test_a_strategy_outside_the_package_runs_in_the_simulator_and_in_nvflare(
-    reference_sites, tmp_path, monkeypatch
+    reference_sites, tmp_path, monkeypatch, nvflare_job
 ):
     monkeypatch.syspath_prepend(str(HERE))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
@@ -95,7 +86,7 @@ def test_a_strategy_outside_the_package_runs_in_the_simulator_and_in_nvflare(
     assert all(checkpoint["sites"][s]["client_state"]["rounds_seen"] == 2 for s in SITES)
     steps = checkpoint["server_state"]["steps"]
     assert set(steps) == set(SITES) and all(v > 0 for v in steps.values())
-    job = _load_job()
+    job = nvflare_job
     recipe = job.build_recipe(
         BUNDLE,
         DOTTED,
