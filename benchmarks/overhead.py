@@ -89,7 +89,7 @@ class Stepper:
         self.net, self.inputs, self.target, task_loss = build(task, omnifm, size, batch, overrides)
         self.net.train()
         if omnifm:  # a full bank: retrieval cost at its worst
-            tokens = self.net.spectral_tokens(torch.rand(256, 1, size, size)).mean(1)  # the keys: mean token
+            tokens = self.net.spectral_keys(torch.rand(256, 1, size, size))
             n = self.net.bank.capacity // 8
             self.net.bank.merge(
                 [

@@ -35,7 +35,7 @@ def site_centroids(
     tokens = []
     for batch in data:
         images = batch[image_key].to(device) if device is not None else batch[image_key]
-        tokens.append(network.spectral_tokens(images).mean(1).cpu())
+        tokens.append(network.spectral_keys(images).cpu())
     network.train(was_training)
     if not tokens:
         raise ValueError("no images to summarise: the data is empty.")

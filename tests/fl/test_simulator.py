@@ -348,10 +348,15 @@ def test_an_unseen_site_is_tested_with_the_global_model_and_a_fresh_private_part
         _run(tmp_path / "local", reference_sites, "local", sites=["icbm_t1"], unseen_sites=unseen, test=True)
 
 
-def test_omnifm_diagnostics_are_logged_per_round_and_site(reference_sites, tmp_path):
-    _run(tmp_path, reference_sites, "omnifm", rounds=2)
+@pytest.mark.parametrize("bank_keys", ["mean", "tokens"])
+def test_omnifm_diagnostics_are_logged_per_round_and_site(reference_sites, tmp_path, bank_keys):
+    _run(
+        tmp_path, reference_sites, "omnifm", rounds=2, overrides={**SMALL, "network_def#bank_keys": bank_keys}
+    )
     rows = [r for r in _rows(tmp_path) if r["split"] == "diagnostics"]
     bank = load_checkpoint(tmp_path / "checkpoint.pt")["server_state"]["bank"]
+    # the bundle's 32-float tokens, 4 per image: the server's bank holds keys of the sites' form
+    assert bank["keys"].shape[1] == (32 if bank_keys == "mean" else 4 * 32)
     for rnd in ("0", "1"):
         for site in SITES:
             got = {r["metric"]: float(r["value"]) for r in rows if r["round"] == rnd and r["site"] == site}

@@ -209,13 +209,13 @@ class OmniFMStrategy(Strategy):
             return out
         loader = ctx.workflow.bank_dataloader or ctx.trainer.data_loader
         with eval_mode(network):  # eval: retrieval counts no hits
-            tokens = torch.cat([network.spectral_tokens(b["image"].to(ctx.device)).mean(1) for b in loader])
+            tokens = torch.cat([network.spectral_tokens(b["image"].to(ctx.device)) for b in loader])
             if len(tokens) > 1:
-                out["token_spread"] = float(token_spread(tokens))
+                out["token_spread"] = float(token_spread(tokens.mean(1)))
             bank = getattr(network, "bank", None)
             if bank is not None:
                 out["bank_size"] = float(len(bank))
-                _, idx = bank.retrieve(tokens)
+                _, idx = bank.retrieve(network.bank_key(tokens))
                 if idx.numel():
                     own = bank.modality_index(ctx.workflow.datalist_meta["modality"])
                     out["own_modality_share"] = float((bank.modality[idx] == own).float().mean())

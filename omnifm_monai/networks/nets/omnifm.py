@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, ResNet
 from monai.utils import optional_import
 from torch import nn
@@ -53,7 +54,8 @@ class OmniFM(nn.Module):
         out = decode(r', suffix=tanh(alpha) * c,   # private_gate: alpha is the site's own
                      film=FiLM(c))                 # UNets: every decoder level, zero-initialised [suffix_film]
 
-    Without ECAF, ``Z`` is the context projected to ``d``; without PSP, ``delta_r = Z`` (broadcast over
+    With ``fusion_dim``, ECAF and PSP see ``r`` projected to that width and their ``delta_r`` and ``c`` are projected
+    back to ``d``. Without ECAF, ``Z`` is the context projected to ``d``; without PSP, ``delta_r = Z`` (broadcast over
     positions when it is not per-position). With every part off, the tokenizer is not built and the
     network computes exactly ``backbone(x)``; with the gate at its initial value it computes the same
     function as the backbone. When ``use_spa``, ``spectral_alignment = (s, S_g)`` is kept after each
@@ -89,6 +91,13 @@ class OmniFM(nn.Module):
             (``film_channels``; UNets). Ungated and zero-initialised.
         use_gskr, use_ecaf, use_prefix, use_suffix, use_spa: switch each part on or off.
         gate_init: initial ``alpha`` of the output gate (0: the backbone's function).
+        fusion_dim: width at which ECAF and PSP work (``None``: the backbone's token width ``d``). Smaller than
+            ``d``, the tokens are projected to it and ``delta_r`` and ``c`` back (``fusion_proj``): the attention and
+            prompt weights, which every site uploads each round, shrink by about ``(d / fusion_dim)^2``.
+        bank_keys: what an image's bank key is: ``"mean"``, its ``m`` spectral tokens averaged (``d_s`` floats), or
+            ``"tokens"``, the ``m`` tokens side by side (``m * d_s`` floats: cosine of two keys = mean cosine of
+            their tokens position by position, so where in the window a difference lies still counts);
+            retrieved ``"tokens"`` prototypes join the context as their ``m`` tokens.
 
     What federated strategies use (no names to agree on): :attr:`PARTS` (the switches; all off builds the
     plain backbone, which the baselines train), :meth:`private_state_keys`, :meth:`head_state_keys`,
@@ -128,6 +137,8 @@ class OmniFM(nn.Module):
         use_suffix: bool = True,
         use_spa: bool = True,
         gate_init: float = 0.0,
+        fusion_dim: int | None = None,
+        bank_keys: str = "mean",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -138,10 +149,15 @@ class OmniFM(nn.Module):
                 raise ValueError(f"cannot import the adapter {adapter!r}.")
         adapter = adapter or adapter_for(backbone)
         self.adapter = adapter() if isinstance(adapter, type) else adapter
-        dim = self.adapter.token_dim(backbone)
+        if bank_keys not in ("mean", "tokens"):
+            raise ValueError(f"bank_keys must be 'mean' or 'tokens', got {bank_keys!r}.")
+        self.bank_keys = bank_keys
+        token_dim = self.adapter.token_dim(backbone)
+        dim = fusion_dim or token_dim  # the width ECAF and PSP work at
         self.use_spa = use_spa
         self.private_norms = private_norms
         fuses = use_ecaf or use_prefix or use_suffix
+        self.fusion_proj = FusionProjection(token_dim, dim) if fuses and dim != token_dim else None
         self.tokenizer = (
             SpectralTokenizer(
                 spatial_dims,
@@ -159,7 +175,11 @@ class OmniFM(nn.Module):
         )
         self.bank = (
             SpectralKnowledgeBank(
-                spectral_dim, bank_capacity, top_k, modalities, exclude_own_site=exclude_own_site
+                spectral_dim * (tokenizer_tokens if bank_keys == "tokens" else 1),
+                bank_capacity,
+                top_k,
+                modalities,
+                exclude_own_site=exclude_own_site,
             )
             if use_gskr
             else None
@@ -196,7 +216,16 @@ class OmniFM(nn.Module):
 
     def parts(self) -> list[nn.Module]:
         """OmniFM's own modules around the backbone (the bank holds no parameters)."""
-        names = ("tokenizer", "ecaf", "context_proj", "prompt", "film", "private_gate", "shared_gate")
+        names = (
+            "tokenizer",
+            "fusion_proj",
+            "ecaf",
+            "context_proj",
+            "prompt",
+            "film",
+            "private_gate",
+            "shared_gate",
+        )
         return [m for m in (self._modules.get(n) for n in names) if m is not None]
 
     def parameter_groups(
@@ -220,6 +249,14 @@ class OmniFM(nn.Module):
             raise RuntimeError("this OmniFM network has no spectral tokenizer (every part is off).")
         return self.tokenizer(x)
 
+    def bank_key(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Spectral tokens ``(B, m, d_s)`` in the bank's key form, ``(B, d_s)`` or ``(B, m * d_s)`` (``bank_keys``)."""
+        return tokens.flatten(1) if self.bank_keys == "tokens" else tokens.mean(1)
+
+    def spectral_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """The bank keys of images ``x``: what a site's centroids summarise and what retrieval compares."""
+        return self.bank_key(self.spectral_tokens(x))
+
     @torch.no_grad()
     def novelty(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`SpectralKnowledgeBank.novelty` of images ``x``, ``(B,)``: the out-of-distribution score."""
@@ -227,7 +264,7 @@ class OmniFM(nn.Module):
             raise RuntimeError(
                 "this OmniFM network has no spectral knowledge bank to measure novelty against."
             )
-        return self.bank.novelty(self.spectral_tokens(x))
+        return self.bank.novelty(self.spectral_keys(x))
 
     def private_state_keys(self) -> set[str]:
         """Keys that never leave a site: the private suffix and gate, the bank (the server merges banks, never
@@ -254,21 +291,30 @@ class OmniFM(nn.Module):
         if self.tokenizer is None:
             return tokens, None, None
         s = self.tokenizer(x)
-        retrieved = self.bank.retrieve(s)[0] if self.bank is not None else s[:, :0].detach()
+        if self.bank is not None:
+            retrieved = self.bank.retrieve(self.bank_key(s))[0]
+            if self.bank_keys == "tokens":  # (B, k, m * d_s) unit keys -> (B, k * m, d_s) unit tokens, like s
+                retrieved = F.normalize(retrieved.reshape(s.shape[0], -1, s.shape[-1]), dim=-1)
+        else:
+            retrieved = s[:, :0].detach()
         if self.use_spa:
             self.spectral_alignment = (s, retrieved)
         if self.gate is None:
             return tokens, None, None
         context = torch.cat([s, retrieved], dim=1)
-        prior = self.ecaf(tokens, context) if self.ecaf is not None else self.context_proj(context)
+        r = tokens if self.fusion_proj is None else self.fusion_proj.inward(tokens)
+        prior = self.ecaf(r, context) if self.ecaf is not None else self.context_proj(context)
         if self.prompt is not None:
-            delta, suffix = self.prompt(tokens, prior)
+            delta, suffix = self.prompt(r, prior)
         else:  # ECAF alone: Z is already per position
             delta, suffix = prior, None
         if delta.shape[1] != tokens.shape[1]:  # projected context without ECAF and PSP: broadcast its mean
-            delta = delta.mean(1, keepdim=True).expand_as(tokens)
-        g = self.gate.value
+            delta = delta.mean(1, keepdim=True).expand(-1, tokens.shape[1], -1)
         film = self.film(suffix) if self.film is not None and suffix is not None else None
+        if self.fusion_proj is not None:
+            delta = self.fusion_proj.outward(delta)
+            suffix = self.fusion_proj.outward(suffix) if suffix is not None else None
+        g = self.gate.value
         return self.gate(tokens, delta), (g * suffix if suffix is not None else None), film
 
     def forward(self, x: torch.Tensor, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
@@ -276,6 +322,16 @@ class OmniFM(nn.Module):
         tokens, state = self.adapter.encode(self.backbone, x, *args, **kwargs)
         tokens, suffix, film = self._fuse(x, tokens)
         return self.adapter.decode(self.backbone, tokens, state, suffix, film)
+
+
+class FusionProjection(nn.Module):
+    """Tokens of width ``token_dim`` into the fusion width ``dim`` (``inward``) and fused outputs back
+    (``outward``): :class:`OmniFM` with ``fusion_dim``. Shared (averaged) like the fusion it serves."""
+
+    def __init__(self, token_dim: int, dim: int) -> None:
+        super().__init__()
+        self.inward = nn.Linear(token_dim, dim)
+        self.outward = nn.Linear(dim, token_dim)
 
 
 def _fusion_adapter(adapter: type, fusion_level: int, max_fused_positions: int, omnifm: dict) -> None:

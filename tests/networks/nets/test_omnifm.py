@@ -67,11 +67,12 @@ def test_every_part_off_is_exactly_the_backbone(case):
     assert torch.equal(net(*inputs), net.backbone(*inputs))
 
 
+@pytest.mark.parametrize("fusion_dim", [None, 16])
 @pytest.mark.parametrize("case", range(3))
-def test_gate_at_init_computes_the_backbone_function(case):
+def test_gate_at_init_computes_the_backbone_function(case, fusion_dim):
     _, build, inputs, _ = _cases(2)[case]
     torch.manual_seed(0)
-    net = build().eval()
+    net = build(fusion_dim=fusion_dim).eval()
     _fill_bank(net, inputs[0])
     assert torch.equal(net(*inputs), net.backbone(*inputs))
     net.gate.alpha.data.fill_(0.3)  # once the gate opens, the prior changes the output
@@ -86,11 +87,13 @@ def test_plain_backbone_checkpoint_loads_into_the_wrapper():
     assert torch.equal(net.eval()(x), backbone.eval()(x))
 
 
+@pytest.mark.parametrize("fusion_dim", [None, 16])
 @pytest.mark.parametrize("case", range(3))
-def test_gradients_reach_every_trainable_part(case):
+def test_gradients_reach_every_trainable_part(case, fusion_dim):
     _, build, inputs, _ = _cases(2)[case]
     torch.manual_seed(0)
-    net = build(gate_init=0.5).train()
+    net = build(gate_init=0.5, fusion_dim=fusion_dim).train()
+    assert (net.fusion_proj is not None) == (fusion_dim is not None)  # the projections are trained too
     _fill_bank(net, inputs[0])
     out = net(*inputs)
     s, retrieved = net.spectral_alignment
@@ -356,3 +359,52 @@ def test_resnet_fusion_level_is_checked_narrows_the_shared_parts_and_is_ignored_
     assert narrow.adapter.level == 2 and narrow.adapter.token_dim(narrow.backbone) == 64
     parts = lambda net: sum(p.numel() for m in (net.prompt, net.ecaf) for p in m.parameters())  # noqa: E731
     assert parts(narrow) < parts(wide) / 8  # attention and prompt weights are d x d: 64 against 256 wide
+
+
+def test_fusion_dim_sets_the_width_of_attention_and_prompt_and_maps_the_suffix_back():
+    """ECAF and PSP work at ``fusion_dim`` (their d x d weights shrink with it); at the backbone's own width no
+    projection is built; the private suffix still reaches a ResNet's pooled feature through the projection."""
+    wide = OmniFMResNet(2, 1, 3, spectral_dim=32)
+    narrow = OmniFMResNet(2, 1, 3, spectral_dim=32, fusion_dim=64)
+    assert (
+        OmniFMResNet(2, 1, 3, spectral_dim=32, fusion_dim=256).fusion_proj is None
+    )  # 256: the last stage's width
+    assert narrow.fusion_proj.inward.in_features == 256 and narrow.fusion_proj.outward.out_features == 256
+    assert narrow.ecaf.attn.to_q.in_features == 64 and narrow.prompt.private_suffix.shape[-1] == 64
+    parts = lambda net: sum(p.numel() for m in (net.prompt, net.ecaf) for p in m.parameters())  # noqa: E731
+    assert parts(narrow) < parts(wide) / 12  # about (256 / 64)^2 = 16x fewer
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    narrow.eval().gate.alpha.data.fill_(0.5)
+    before = narrow(x)
+    with torch.no_grad():
+        narrow.prompt.private_suffix.add_(1.0)  # another site's suffix: another prediction
+    assert not torch.allclose(narrow(x), before)
+
+
+def test_token_bank_keys_see_where_in_the_window_tokens_differ_and_join_the_context_token_by_token():
+    """``bank_keys="tokens"``: an image's key is its m tokens side by side, so two images with the same mean
+    token but tokens in another order get different keys (the mean key cannot tell them apart); a retrieved
+    prototype joins the fusion context as m tokens."""
+    torch.manual_seed(0)
+    net = OmniFMUNet(2, 1, 3, features=(8, 8, 16, 32, 64, 8), **{**SMALL, "top_k": 2}, bank_keys="tokens")
+    mean_net = OmniFMUNet(2, 1, 3, features=(8, 8, 16, 32, 64, 8), **SMALL)
+    m, d = 4, SMALL["spectral_dim"]
+    assert net.bank.embed_dim == m * d and mean_net.bank.embed_dim == d
+    x = torch.rand(3, 1, 32, 32)
+    tokens = net.spectral_tokens(x)
+    assert torch.equal(net.spectral_keys(x), tokens.flatten(1))
+    reordered = tokens.flip(1)  # the same tokens in another order
+    assert torch.allclose(mean_net.bank_key(reordered), mean_net.bank_key(tokens))
+    cos = torch.nn.functional.cosine_similarity(net.bank_key(reordered), net.bank_key(tokens), dim=1)
+    assert (cos < 0.999).all()
+    # the cosine of two token keys is the mean cosine of their tokens, position by position
+    per_token = torch.nn.functional.cosine_similarity(reordered, tokens, dim=2).mean(1)
+    assert torch.allclose(cos, per_token, atol=1e-5)
+    net.bank.merge([{"keys": net.spectral_keys(x).detach(), "site": 0, "modality": 0}])
+    net(x)
+    s, retrieved = net.spectral_alignment
+    assert retrieved.shape == (3, 2 * m, d)
+    assert torch.allclose(retrieved[:, :m], tokens.detach(), atol=1e-6)  # each image's nearest key is its own
+    with pytest.raises(ValueError, match="bank_keys"):
+        OmniFMUNet(2, 1, 3, bank_keys="max")
