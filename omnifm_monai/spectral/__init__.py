@@ -8,6 +8,7 @@ from .fft import (
     ifft_centered,
     log_amplitude,
     low_pass_half_width,
+    low_pass_log_amplitude,
     low_pass_slices,
     merge_amplitude_phase,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ifft_centered",
     "log_amplitude",
     "low_pass_half_width",
+    "low_pass_log_amplitude",
     "low_pass_slices",
     "merge_amplitude_phase",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "merge_amplitude_phase",
     "log_amplitude",
     "low_pass_half_width",
+    "low_pass_log_amplitude",
     "low_pass_slices",
 ]
 
@@ -110,3 +111,15 @@ def low_pass_slices(spatial_shape: tuple[int, ...], beta: float) -> tuple[slice,
     """Slices selecting the centred low-pass window (``2b + 1`` bins per axis around DC, clipped to the axis)."""
     b = low_pass_half_width(spatial_shape, beta)
     return tuple(slice(max(n // 2 - b, 0), min(n // 2 + b + 1, n)) for n in spatial_shape)
+
+
+def low_pass_log_amplitude(x: torch.Tensor, spatial_dims: int, beta: float) -> torch.Tensor:
+    """``log_amplitude(x)`` restricted to its centred low-pass window (:func:`low_pass_slices`), the same values,
+    computed on the window's bins only: they are gathered from the unshifted spectrum (centred bin ``i`` is
+    unshifted bin ``(i - n // 2) mod n``), so neither the full spectrum's shift nor its amplitude is computed."""
+    dims = _dims(x, spatial_dims)
+    f = torch.fft.fftn(x, dim=dims, norm=SPECTRAL_NORM)
+    for dim, window in zip(dims, low_pass_slices(tuple(x.shape[d] for d in dims), beta), strict=True):
+        n = x.shape[dim]
+        f = f.index_select(dim, (torch.arange(window.start, window.stop, device=x.device) - n // 2) % n)
+    return torch.log1p(f.abs())

@@ -29,7 +29,7 @@ from omnifm_monai.spectral import (
     check_beta,
     fft_centered,
     ifft_centered,
-    log_amplitude,
+    low_pass_log_amplitude,
     low_pass_slices,
     merge_amplitude_phase,
 )
@@ -115,7 +115,7 @@ class LowFrequencyLogAmplitude(Transform):
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         x = _float_tensor(img)
-        out = log_amplitude(x, x.ndim - 1)[_window(x, self.beta)].contiguous()
+        out = low_pass_log_amplitude(x, x.ndim - 1, self.beta)
         return out.cpu().numpy() if isinstance(img, np.ndarray) else out
 
 

@@ -15,6 +15,7 @@ from omnifm_monai.spectral import (
     ifft_centered,
     log_amplitude,
     low_pass_half_width,
+    low_pass_log_amplitude,
     low_pass_slices,
     merge_amplitude_phase,
 )
@@ -134,3 +135,13 @@ def test_integer_input_gives_float_amplitude():
     assert amp.dtype == torch.float32 and torch.allclose(amp, ref)
     amp_np, _ = amplitude_phase(x.numpy(), 2)
     assert amp_np.dtype == np.float32 and np.allclose(amp_np, ref.numpy())
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 128, 128), (3, 2, 33, 47), (2, 1, 9, 16, 11)])
+@pytest.mark.parametrize("beta", [0.05, 0.15, 0.5])
+def test_low_pass_log_amplitude_is_the_window_of_the_full_log_amplitude(shape, beta):
+    """Gathered from the unshifted spectrum, the window holds exactly the values of the shifted full spectrum's."""
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    spatial_dims = len(shape) - 2
+    full = log_amplitude(x, spatial_dims)[(..., *low_pass_slices(shape[2:], beta))]
+    assert torch.equal(low_pass_log_amplitude(x, spatial_dims, beta), full)

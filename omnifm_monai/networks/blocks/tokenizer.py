@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
-from omnifm_monai.spectral import check_beta, log_amplitude, low_pass_slices
+from omnifm_monai.spectral import check_beta, low_pass_log_amplitude
 
 __all__ = ["SpectralTokenizer"]
 
@@ -79,9 +79,7 @@ class SpectralTokenizer(nn.Module):
 
     def low_pass_log_amplitude(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised low-pass log-amplitude on the fixed grid, ``(B, C, *[grid_size] * spatial_dims)``."""
-        spatial = tuple(x.shape[-self.spatial_dims :])
-        window = log_amplitude(x.float().as_subclass(torch.Tensor), self.spatial_dims)
-        window = window[(..., *low_pass_slices(spatial, self.beta))]
+        window = low_pass_log_amplitude(x.float().as_subclass(torch.Tensor), self.spatial_dims, self.beta)
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         window = F.interpolate(
             window, size=[self.grid_size] * self.spatial_dims, mode=mode, align_corners=True
