@@ -42,6 +42,11 @@ MR_SITES = ["icbm_t1", "colin_t1", "icbm_t2w", "icbm_pdw", "icbm_flair"]
 
 def site_dirs(reference: Path, n: int) -> dict[str, str]:
     available = [s for s in MR_SITES if (reference / s / "segmentation.json").exists()]
+    if not available:
+        sys.exit(
+            f"fl_overhead: no MR reference site with segmentation.json under {reference}; build them with "
+            f"`python -m omnifm_monai.data build_reference_sites --output_dir {reference}`."
+        )
     return {f"site{i + 1}": str(reference / available[i % len(available)]) for i in range(n)}
 
 
