@@ -127,6 +127,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "federated"))
     reference = Path(args.reference_dir)
+    sites = {n: site_dirs(reference, n) for n in {*args.sites, 2}}  # missing data fails before any output
     overrides = {"image_size": args.image_size, "batch_size": 8}
     work = Path(tempfile.mkdtemp(prefix="fl_overhead_"))
     print(
@@ -136,7 +137,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     worst, nvflare_worst, upload = 0.0, float("-inf"), {}
     for n in args.sites:
-        dirs = site_dirs(reference, n)
+        dirs = sites[n]
         out = work / f"sim_fedavg_{n}"
         with quiet(work / "log.txt"):
             simulate(
@@ -200,7 +201,7 @@ def main() -> None:
             "omnifm",
             rounds=args.rounds,
             output=str(out),
-            sites=site_dirs(reference, 2),
+            sites=sites[2],
             overrides=overrides,
             test=False,
         )
