@@ -1,6 +1,7 @@
 """MONAI-style transforms: array versions and dictionary versions (``d`` / ``D`` / ``Dict``).
 
-Spectral (Fourier-domain) transforms, the BraTS label map, planar resizing / slicing and question tokens.
+Spectral (Fourier-domain) transforms, the BraTS label map, planar resizing / slicing, question tokens, and a
+``Compose`` that runs a training pipeline's augmentations on plain tensors.
 """
 
 from .array import (
@@ -12,6 +13,7 @@ from .array import (
     SuperResolutionDegrade,
     amplitude_bank,
 )
+from .compose import PlainTensorCompose
 from .dictionary import (
     AmplitudeMixD,
     AmplitudeMixd,
@@ -36,6 +38,7 @@ from .planar import PlaneOrientation, PlaneOrientationd, ResizePlanard, SliceIte
 from .text import PAD, UNKNOWN, TokenizeQuestiond, build_vocabulary, words
 
 __all__ = [
+    "PlainTensorCompose",
     "AmplitudeMix",
     "AmplitudeMixd",
     "AmplitudeMixD",
