@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,13 +30,8 @@ from monai.utils import set_determinism
 
 from omnifm_monai.fl.bundle import bundle_parser
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = {
-    "classification": "omnifm_classification",
-    "segmentation": "omnifm_segmentation",
-    "super_resolution": "omnifm_super_resolution",
-    "vqa": "omnifm_vqa",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import BUNDLES, ROOT  # noqa: E402  (the shipped 2D bundles, by task)
 
 
 def pipelines(bundle: Path, site: Path, image_size: int):
