@@ -38,7 +38,6 @@ from .planar import PlaneOrientation, PlaneOrientationd, ResizePlanard, SliceIte
 from .text import PAD, UNKNOWN, TokenizeQuestiond, build_vocabulary, words
 
 __all__ = [
-    "PlainTensorCompose",
     "AmplitudeMix",
     "AmplitudeMixd",
     "AmplitudeMixD",
@@ -66,6 +65,7 @@ __all__ = [
     "amplitude_bank",
     "PAD",
     "UNKNOWN",
+    "PlainTensorCompose",
     "PlaneOrientation",
     "PlaneOrientationd",
     "ResizePlanard",
