@@ -2,14 +2,18 @@
 
     python benchmarks/overhead.py [--size 128] [--batch 8] [--steps 10] [--overrides '{"network_def#fusion_level": 3}']
 
-For each bundle's network (its ``configs/train.json`` ``network_def``, as shipped, plus ``--overrides``) at
-``1 x size x size`` with batch ``batch``: the median wall time of one training step (forward, loss, backward,
-Adam step) on the CPU, the two models interleaved step by step so both see the same machine state, and the
-peak resident memory of a fresh process running those steps (above the process's footprint after importing
-torch: model, optimizer state, activations). The backbone is the network the baselines train: the same
-bundle with every OmniFM part off (the strategies' ``network_def::use_*`` overrides). OmniFM runs with its
-bank filled to capacity and the gate open, as in a federated round. The line ``worst step-time ratio: R``
-closes the table.
+For each bundle's network and optimiser (its ``configs/train.json`` ``network_def`` and ``optimizer``, as
+shipped, plus ``--overrides``) at its own ``image_size`` and ``batch_size`` (or ``--size`` / ``--batch`` for
+every bundle): the median wall time of one training step (forward, loss, backward, optimiser step) on the CPU,
+the two models interleaved step by step so both see the same machine state, and the peak resident memory of
+a fresh process running those steps (above the process's footprint after importing torch: model, optimizer
+state, activations). The backbone is the network the baselines train: the same bundle with every OmniFM part
+off (the strategies' ``network_def::use_*`` overrides). OmniFM runs with its bank filled to capacity and the
+gate open, as in a federated round. The line ``worst step-time ratio: R`` closes the table.
+
+``--attention_blocks`` adds, per bundle, the time of OmniFM's fusion path alone (tokenizer to gate, forward and
+backward) with its attention blocks as shipped (:mod:`omnifm_monai.networks.blocks.attention`) against the same
+network with MONAI's blocks (the same weights and values), closed by ``worst lean/MONAI attention time ratio: R``.
 
 ``--paper_sizes`` adds a second table on the paper's backbone sizes (:data:`PAPER_SIZES`: a ResNet-18 at 64 x 64
 in the classification bundle, a model-zoo-size UNet in the segmentation bundle), closed by
@@ -19,6 +23,7 @@ in the classification bundle, a model-zoo-size UNet in the segmentation bundle),
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import statistics
@@ -26,11 +31,12 @@ import time
 from pathlib import Path
 
 import torch
+from monai.networks.blocks import CrossAttentionBlock, TransformerBlock
 
-from omnifm_monai.fl.bundle import build_network
+from omnifm_monai.fl.bundle import bundle_parser
 from omnifm_monai.losses import OmniFMLoss
 from omnifm_monai.networks import OmniFM
-from omnifm_monai.networks.blocks import kmeans_centroids
+from omnifm_monai.networks.blocks import CrossAttention, TransformerLayer, kmeans_centroids
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {
@@ -57,19 +63,28 @@ PAPER_SIZES = {
 VOCABULARY, ANSWERS = [f"w{i}" for i in range(200)], [f"a{i}" for i in range(30)]
 
 
+def shipped_shape(task: str) -> tuple[int, int]:
+    """The bundle's training ``(image_size, batch_size)``."""
+    parser = bundle_parser(ROOT / "bundles" / BUNDLES[task], {"datalist_meta": {}})
+    return parser.get("image_size"), parser.get("batch_size")
+
+
 def build(task: str, omnifm: bool, size: int, batch: int, overrides: dict | None = None):
-    """(network, inputs, target, task loss) for one task's shipped network; the same seed gives the same
-    backbone."""
+    """(network, optimiser, inputs, target, task loss) for one task's shipped network and optimiser; the same
+    seed gives the same backbone."""
     # no datalist is read: its metadata is empty and VQA gets a vocabulary of its own
     extra = {
         "datalist_meta": {},
+        "device": "$torch.device('cpu')",
         **(overrides or {}),
         **({"vocabulary": VOCABULARY, "answers": ANSWERS} if task == "vqa" else {}),
     }
     if not omnifm:
         extra.update({f"network_def::{p}": False for p in OmniFM.PARTS})
     torch.manual_seed(0)
-    net = build_network(ROOT / "bundles" / BUNDLES[task], extra)
+    parser = bundle_parser(ROOT / "bundles" / BUNDLES[task], extra)
+    net = parser.get_parsed_content("network")
+    optimizer = parser.get_parsed_content("optimizer")  # over the same network's parameters
     if omnifm:
         net.gate.alpha.data.fill_(0.5)  # an open gate: the fused path is computed and trained
     x = torch.rand(batch, 1, size, size)
@@ -77,16 +92,17 @@ def build(task: str, omnifm: bool, size: int, batch: int, overrides: dict | None
         with torch.no_grad():
             classes = net.eval()(x[:1]).shape[1]
         target = torch.randint(0, classes, (batch,) if task == "classification" else (batch, size, size))
-        return net, (x,), target, torch.nn.CrossEntropyLoss()
+        return net, optimizer, (x,), target, torch.nn.CrossEntropyLoss()
     if task == "super_resolution":
-        return net, (x,), x.clone(), torch.nn.L1Loss()
+        return net, optimizer, (x,), x.clone(), torch.nn.L1Loss()
     question = torch.randint(1, len(VOCABULARY), (batch, 12))
-    return net, (x, question), torch.randint(0, len(ANSWERS), (batch,)), torch.nn.CrossEntropyLoss()
+    target = torch.randint(0, len(ANSWERS), (batch,))
+    return net, optimizer, (x, question), target, torch.nn.CrossEntropyLoss()
 
 
 class Stepper:
     def __init__(self, task: str, omnifm: bool, size: int, batch: int, overrides: dict | None = None) -> None:
-        self.net, self.inputs, self.target, task_loss = build(task, omnifm, size, batch, overrides)
+        self.net, self.opt, self.inputs, self.target, task_loss = build(task, omnifm, size, batch, overrides)
         self.net.train()
         if omnifm:  # a full bank: retrieval cost at its worst
             tokens = self.net.spectral_keys(torch.rand(256, 1, size, size))
@@ -98,7 +114,6 @@ class Stepper:
                 ]
             )
         self.loss = OmniFMLoss(task_loss, self.net, spa_weight=0.1)
-        self.opt = torch.optim.Adam(self.net.parameters(), 1e-4)
 
     def step(self) -> float:
         start = time.perf_counter()
@@ -152,26 +167,65 @@ def measure(task: str, size: int, batch: int, steps: int, warmup: int, overrides
     )
 
 
-def table(rows: dict[str, tuple[str, dict, int]], batch: int, steps: int, warmup: int) -> float:
-    """Print one row per ``name: (task, overrides, size)``; returns the worst step-time ratio."""
-    print("| network | input | backbone ms/step | OmniFM ms/step | time ratio | backbone peak MiB | OmniFM peak MiB | memory ratio |")  # fmt: skip
-    print("|" + "---|" * 8)
+def table(rows: dict[str, tuple[str, dict, int, int]], steps: int, warmup: int) -> float:
+    """Print one row per ``name: (task, overrides, size, batch)``; returns the worst step-time ratio."""
+    print("| network | input | batch | backbone ms/step | OmniFM ms/step | time ratio | backbone peak MiB | OmniFM peak MiB | memory ratio |")  # fmt: skip
+    print("|" + "---|" * 9)
     worst = 0.0
-    for name, (task, overrides, size) in rows.items():
+    for name, (task, overrides, size, batch) in rows.items():
         t_plain, t_omni, m_plain, m_omni = measure(task, size, batch, steps, warmup, overrides)
         worst = max(worst, t_omni / t_plain)
         print(
-            f"| {name} | {size} x {size} | {1e3 * t_plain:.1f} | {1e3 * t_omni:.1f} | {t_omni / t_plain:.3f} | "
-            f"{m_plain:.0f} | {m_omni:.0f} | {m_omni / m_plain:.3f} |",
+            f"| {name} | {size} x {size} | {batch} | {1e3 * t_plain:.1f} | {1e3 * t_omni:.1f} | "
+            f"{t_omni / t_plain:.3f} | {m_plain:.0f} | {m_omni:.0f} | {m_omni / m_plain:.3f} |",
             flush=True,
+        )
+    return worst
+
+
+def attention_blocks(rows: dict[str, tuple[str, dict, int, int]], steps: int, warmup: int) -> float:
+    """Print one row per ``name: (task, overrides, size, batch)``: OmniFM's fusion path (forward and backward)
+    with the shipped attention blocks and with MONAI's, interleaved; returns the worst lean/MONAI ratio."""
+    print("| network | input | batch | MONAI blocks ms | shipped blocks ms | lean/MONAI time ratio |")
+    print("|" + "---|" * 6)
+    worst = 0.0
+    for name, (task, overrides, size, batch) in rows.items():
+        stepper = Stepper(task, True, size, batch, overrides)
+        nets = {"lean": stepper.net, "monai": copy.deepcopy(stepper.net)}
+        for module in nets["monai"].modules():  # the same weights in MONAI's classes
+            if type(module) is CrossAttention:
+                module.__class__ = CrossAttentionBlock
+            elif type(module) is TransformerLayer:
+                module.__class__ = TransformerBlock
+        image = stepper.inputs[0]
+        tokens = (
+            nets["lean"].adapter.encode(nets["lean"].backbone, *stepper.inputs)[0].detach().requires_grad_()
+        )
+        with torch.no_grad():
+            fused = [net._fuse(image, tokens)[0] for net in nets.values()]
+        if not torch.equal(*fused):
+            raise RuntimeError(f"{name}: the shipped attention blocks and MONAI's compute different values.")
+        times = {key: [] for key in nets}
+        for i in range(warmup + steps):
+            for key, net in nets.items():
+                start = time.perf_counter()
+                net._fuse(image, tokens)[0].sum().backward()
+                if i >= warmup:
+                    times[key].append(time.perf_counter() - start)
+        lean, monai = (statistics.median(times[k]) for k in ("lean", "monai"))
+        worst = max(worst, lean / monai)
+        print(
+            f"| {name} | {size} x {size} | {batch} | {1e3 * monai:.2f} | {1e3 * lean:.2f} | {lean / monai:.3f} |"
         )
     return worst
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--size", type=int, help="input size of every bundle (default: each bundle's image_size)"
+    )
+    parser.add_argument("--batch", type=int, help="batch of every bundle (default: each bundle's batch_size)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -179,15 +233,27 @@ def main() -> None:
         "--overrides", type=json.loads, default={}, help="bundle overrides (JSON), every task"
     )
     parser.add_argument("--paper_sizes", action="store_true", help="also the paper's backbone sizes")
+    parser.add_argument(
+        "--attention_blocks",
+        action="store_true",
+        help="also OmniFM's fusion with the shipped and MONAI's blocks",
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    shipped = {task: (task, args.overrides, args.size) for task in args.tasks}
-    print(f"worst step-time ratio: {table(shipped, args.batch, args.steps, args.warmup):.3f}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    shipped = {}
+    for task in args.tasks:
+        size, batch = shipped_shape(task)
+        shipped[task] = (task, args.overrides, args.size or size, args.batch or batch)
+    print(f"worst step-time ratio: {table(shipped, args.steps, args.warmup):.3f}")
+    if args.attention_blocks:
+        ratio = attention_blocks(shipped, 10 * args.steps, args.warmup)
+        print(f"worst lean/MONAI attention time ratio: {ratio:.3f}")
     if args.paper_sizes:
         paper = {
-            name: (task, {**over, **args.overrides}, size) for name, (task, over, size) in PAPER_SIZES.items()
+            name: (task, {**over, **args.overrides}, size, args.batch or shipped_shape(task)[1])
+            for name, (task, over, size) in PAPER_SIZES.items()
         }
-        print(f"worst paper-size step-time ratio: {table(paper, args.batch, args.steps, args.warmup):.3f}")
+        print(f"worst paper-size step-time ratio: {table(paper, args.steps, args.warmup):.3f}")
 
 
 if __name__ == "__main__":

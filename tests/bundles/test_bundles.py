@@ -17,6 +17,7 @@ from monai.transforms import LoadImage
 
 from omnifm_monai.data import packaged_image
 from omnifm_monai.data.dicom import ClinicalDicomReader
+from omnifm_monai.fl.bundle import bundle_parser
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 SCHEMA = BUNDLES_DIR / "metadata_schema.json"
@@ -384,3 +385,33 @@ def test_unet_bundles_fuse_at_16_positions_or_more_and_send_at_most_a_tenth_more
         return sum(v.numel() * v.element_size() for k, v in net.state_dict().items() if k not in private)
 
     assert sent(network, "omnifm") <= 1.10 * sent(plain, "fedavg")
+
+
+@pytest.mark.parametrize("name", [*sorted(SPECS), "omnifm_segmentation_3d"])
+def test_the_optimiser_updates_all_parameters_at_once_with_the_per_parameter_loops_values(name):
+    # foreach: one call per step for all parameters instead of a loop (shorter steps, benchmarks/overhead.py),
+    # the same values to the last bit, so runs of earlier bundle versions reproduce
+    extra = {"datalist_meta": {}, "device": "$torch.device('cpu')"}
+    if name == "omnifm_vqa":
+        extra.update(vocabulary=["what", "is", "this"], answers=["yes", "no"])
+    models = {}
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        parser = bundle_parser(BUNDLES_DIR / name, {**extra, "optimizer#foreach": foreach})
+        models[foreach] = parser.get_parsed_content("network"), parser.get_parsed_content("optimizer")
+    assert models[True][1].defaults["foreach"] is True
+    assert len(models[True][1].param_groups) == 2  # the backbone with weight decay, OmniFM's parts without
+    before = [p.detach().clone() for p in models[True][0].parameters()]
+    for step in range(3):
+        for network, optimizer in models.values():
+            torch.manual_seed(step)  # the same gradients for both
+            for p in network.parameters():
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+    (fast, _), (loop, _) = models[True], models[False]
+    assert all(
+        not torch.equal(a, b) for a, b in zip(before, fast.parameters(), strict=True)
+    )  # every parameter moved
+    assert all(
+        torch.equal(a, b) for a, b in zip(fast.state_dict().values(), loop.state_dict().values(), strict=True)
+    )

@@ -1,3 +1,4 @@
+from .attention import CrossAttention, TransformerLayer, multi_head_attention
 from .film import SuffixFiLM
 from .fusion import CrossAttentionFusion
 from .gate import ZeroGate
@@ -7,12 +8,15 @@ from .tokenizer import SpectralTokenizer
 
 __all__ = [
     "PRIVATE_PREFIX",
+    "CrossAttention",
     "CrossAttentionFusion",
     "PrefixSuffixPrompt",
     "SpectralKnowledgeBank",
     "SpectralTokenizer",
     "SuffixFiLM",
+    "TransformerLayer",
     "ZeroGate",
     "is_private",
     "kmeans_centroids",
+    "multi_head_attention",
 ]

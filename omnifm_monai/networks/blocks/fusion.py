@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks import CrossAttentionBlock
 from torch import nn
+
+from .attention import CrossAttention
 
 __all__ = ["CrossAttentionFusion"]
 
@@ -30,7 +31,7 @@ class CrossAttentionFusion(nn.Module):
         self.norm_tokens = nn.LayerNorm(embed_dim)
         self.context_proj = nn.Linear(context_dim, embed_dim)
         self.norm_context = nn.LayerNorm(embed_dim)
-        self.attn = CrossAttentionBlock(embed_dim, num_heads, dropout_rate=dropout)
+        self.attn = CrossAttention(embed_dim, num_heads, dropout_rate=dropout)
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.attn(self.norm_tokens(tokens), context=self.norm_context(self.context_proj(context)))

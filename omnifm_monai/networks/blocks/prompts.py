@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks import CrossAttentionBlock, TransformerBlock
 from torch import nn
+
+from .attention import CrossAttention, TransformerLayer
 
 __all__ = ["PRIVATE_PREFIX", "PrefixSuffixPrompt", "is_private"]
 
@@ -59,12 +60,12 @@ class PrefixSuffixPrompt(nn.Module):
         self.num_suffix = num_suffix_tokens if use_suffix else 0
         if use_prefix:
             self.prefix_queries = nn.Parameter(torch.randn(1, num_prefix_tokens, embed_dim) * 0.02)
-            self.prefix_pool = CrossAttentionBlock(embed_dim, num_heads)
+            self.prefix_pool = CrossAttention(embed_dim, num_heads)
         if use_suffix:
             self.private_suffix = nn.Parameter(torch.randn(1, num_suffix_tokens, embed_dim) * 0.02)
         self.segment = nn.Parameter(torch.zeros(3, embed_dim))  # prefix / backbone / suffix
         self.layers = nn.Sequential(
-            *[TransformerBlock(embed_dim, int(embed_dim * mlp_ratio), num_heads) for _ in range(num_layers)]
+            *[TransformerLayer(embed_dim, int(embed_dim * mlp_ratio), num_heads) for _ in range(num_layers)]
         )
 
     def forward(
