@@ -635,7 +635,9 @@ def test_simenv_job_with_int8_uploads(reference_sites, tmp_path, monkeypatch):
     expected = checkpoint["global_weights"]
     assert set(weights) == set(expected)
     unequal = [k for k, v in expected.items() if not torch.equal(weights[k], v)]
-    print(f"\nint8: {len(unequal)} of {len(expected)} tensors differ from the simulator's int8 model {unequal[:3]}")
+    print(
+        f"\nint8: {len(unequal)} of {len(expected)} tensors differ from the simulator's int8 model {unequal[:3]}"
+    )
     # the uncompressed aggregate of the same updates, and the codec's bound on their differences
     global_weights = sent[0][1]
     uncompressed, _, _ = aggregate_round(get_strategy("fedavg"), global_weights, [u for u, _ in sent], {})
